@@ -1,0 +1,72 @@
+"""Load a trained model folder (local or ``hf-hub:``) and turn images into probabilities."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import timm
+import torch
+from PIL import Image
+from torch import nn
+
+from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, UsageError
+from pneumonia.preprocessing import build_transform, data_config_of
+
+
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Calibrated class probabilities: softmax of temperature-scaled logits."""
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+@dataclass
+class Classifier:
+    model: nn.Module
+    transform: Callable[[Image.Image], torch.Tensor]
+    label_names: tuple[str, ...]
+    threshold: float     # on calibrated P(PNEUMONIA), chosen on validation
+    temperature: float   # fitted on validation
+    config: dict         # the folder's config.json
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.transform(image) for image in images])
+        return probabilities(self.model(batch), self.temperature)
+
+    def predict(self, image: Image.Image) -> dict[str, float]:
+        probs = self.predict_proba([image])[0]
+        return {name: float(p) for name, p in zip(self.label_names, probs)}
+
+    def decide(self, probs: dict[str, float]) -> str:
+        return POSITIVE_LABEL if probs[POSITIVE_LABEL] >= self.threshold else self._negative_label
+
+    @property
+    def _negative_label(self) -> str:
+        return next(name for name in self.label_names if name != POSITIVE_LABEL)
+
+
+def _read_config(source: str) -> tuple[str, dict]:
+    """(timm model name, config.json) for a local folder or an ``hf-hub:`` id."""
+    if source.startswith("hf-hub:"):
+        from huggingface_hub import hf_hub_download
+
+        return source, json.loads(Path(hf_hub_download(source.removeprefix("hf-hub:"), "config.json")).read_text())
+    folder = Path(source.removeprefix("local-dir:"))
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{folder}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
+    return f"local-dir:{folder}", json.loads((folder / "config.json").read_text())
+
+
+def load_classifier(source: str) -> Classifier:
+    """A model folder written by training (local path, ``local-dir:`` or ``hf-hub:``), ready to predict."""
+    timm_name, config = _read_config(source)
+    model = timm.create_model(timm_name, pretrained=True).eval()
+    return Classifier(
+        model=model,
+        transform=build_transform(data_config_of(model)),
+        label_names=tuple(config.get("label_names") or LABEL_NAMES),
+        threshold=float(config.get("threshold", 0.5)),
+        temperature=float(config.get("temperature", 1.0)),
+        config=config,
+    )

@@ -1,0 +1,87 @@
+"""One preprocessing path from any uploaded or stored image to the model's input tensor.
+
+The numbers (size, interpolation, mean/std) come from the model's timm data config, which
+is saved in its ``config.json``: training, evaluation and the app build the same transform.
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import timm.data
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+from torchvision import transforms as T
+
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+class UnreadableImage(ValueError):
+    """The bytes or file are not an image PIL can decode."""
+
+
+@dataclass(frozen=True)
+class Augment:
+    """The original Keras augmentation: ``shear_range=0.2, zoom_range=0.2, horizontal_flip``."""
+
+    shear: float = 0.2  # shear angle range in radians (Keras' unit), both directions
+    zoom: float = 0.2   # scale drawn from [1 - zoom, 1 + zoom]
+    hflip: float = 0.5  # probability of a horizontal flip
+
+
+def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
+    """Decode a path, raw bytes, a ``datasets`` Image dict or a PIL image, fully loaded."""
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        elif isinstance(source, dict):  # datasets.Image(decode=False): {"bytes", "path"}
+            return open_image(source["bytes"] if source.get("bytes") else source["path"])
+        elif isinstance(source, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(source))
+        else:
+            image = Image.open(source)
+        image.load()  # decode now, so a truncated file fails here and not in a transform
+        return ImageOps.exif_transpose(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        name = source.get("path") if isinstance(source, dict) else source if isinstance(source, (str, Path)) else "upload"
+        raise UnreadableImage(f"{name}: not a readable image ({err})") from err
+
+
+def to_model_mode(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB holding the image's grayscale content.
+
+    16-bit and float images are stretched min-to-max into 8 bits; transparent pixels are
+    laid on black (an X-ray's background); colour is reduced to luminance, as X-rays are
+    grayscale and the model was trained on grayscale copied to three channels.
+    """
+    if image.mode in _HIGH_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return image.convert("L").convert("RGB")
+
+
+def data_config_of(model: nn.Module) -> dict[str, Any]:
+    """The model's preprocessing numbers, from the timm pretrained config it carries."""
+    return timm.data.resolve_model_data_config(model)
+
+
+def build_transform(data_config: dict[str, Any], augment: Augment | None = None) -> Callable:
+    """PIL image of any mode -> normalised tensor; with ``augment``, the training variant."""
+    steps = list(timm.data.create_transform(**data_config, is_training=False).transforms)
+    if augment is not None:
+        to_tensor = next(i for i, s in enumerate(steps) if type(s).__name__ in ("MaybeToTensor", "ToTensor"))
+        random_steps = [
+            T.RandomAffine(degrees=0, shear=math.degrees(augment.shear), scale=(1 - augment.zoom, 1 + augment.zoom)),
+            T.RandomHorizontalFlip(augment.hflip),
+        ]
+        steps[to_tensor:to_tensor] = random_steps
+    return T.Compose([to_model_mode, *steps])

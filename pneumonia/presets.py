@@ -1,0 +1,80 @@
+"""Labels and the four model presets: short rows in one table, not files of near-copies."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+from torch import nn
+
+import pneumonia.cnn  # noqa: F401  (registers pneumonia_cnn with timm)
+
+# Classifier index -> name, alphabetical like the Kaggle folders (and imagefolder's ClassLabel).
+LABEL_NAMES = ("NORMAL", "PNEUMONIA")
+POSITIVE_LABEL = "PNEUMONIA"
+
+
+class UsageError(Exception):
+    """A problem with the user's input: printed as one line naming the problem and the fix."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    timm_name: str      # timm architecture.tag; the tag names the ImageNet weights
+    image_size: int     # square input side in pixels
+    lr: float           # AdamW peak learning rate
+    batch_size: int     # per process
+    has_imagenet_weights: bool = True
+
+
+PRESETS: dict[str, Preset] = {
+    "cnn": Preset("pneumonia_cnn", 224, 1e-3, 32, has_imagenet_weights=False),
+    "vgg16": Preset("vgg16.tv_in1k", 224, 1e-4, 16),
+    "resnet50": Preset("resnet50.a1_in1k", 224, 3e-4, 16),
+    "inception_v3": Preset("inception_v3.tv_in1k", 299, 3e-4, 16),
+}
+
+# Whole-image resize (X-rays of any aspect become the model's square input, as in the
+# training data) instead of the ImageNet centre crop, which would cut off lung fields.
+_XRAY_INPUT = {"crop_pct": 1.0, "crop_mode": "squash"}
+
+
+def preset_named(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UsageError(f"unknown model {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def create_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    image_size: int | None = None,
+) -> nn.Module:
+    """A fresh 2-class model of preset ``name``, optionally from ImageNet weights."""
+    preset = preset_named(name)
+    size = image_size or preset.image_size
+    overlay = {**_XRAY_INPUT, "input_size": (3, size, size)}
+    if (pretrained or pretrained_file) and not preset.has_imagenet_weights:
+        raise UsageError(f"model {name!r} trains from scratch: drop --pretrained/--pretrained-file")
+    if pretrained_file:
+        if not Path(pretrained_file).is_file():
+            raise UsageError(f"--pretrained-file {pretrained_file}: no such file; give the path of a weights file")
+        overlay["file"] = str(pretrained_file)
+    load = bool(pretrained or pretrained_file)
+    try:
+        return timm.create_model(
+            preset.timm_name, pretrained=load, pretrained_cfg_overlay=overlay, num_classes=len(LABEL_NAMES)
+        )
+    except Exception as err:  # timm raises several kinds for a failed download or a bad file
+        if pretrained_file:
+            raise UsageError(
+                f"could not load weights from {pretrained_file} into {preset.timm_name}: {err}; "
+                "give a timm/torchvision state dict for that architecture"
+            ) from err
+        raise UsageError(
+            f"could not download ImageNet weights for {preset.timm_name} ({type(err).__name__}); "
+            "you may be offline: pass --pretrained-file PATH with a local weights file, "
+            "or leave out --pretrained to train from scratch"
+        ) from err

@@ -1,0 +1,193 @@
+"""Pure unit tests: splitting, preprocessing, metrics, calibration, config."""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pneumonia
+from pneumonia.preprocessing import Augment, UnreadableImage
+from train.config import TrainConfig, build_parser, parse_config
+from train.data import patient_id, split_by_patient
+from train.metrics import binary_metrics, choose_threshold, expected_calibration_error, fit_temperature
+
+
+@pytest.mark.parametrize("name, patient", [
+    ("person1000_bacteria_2931.jpeg", "person1000"),
+    ("person1000_virus_1681.jpeg", "person1000"),
+    ("person1_virus_12_0001.jpeg", "person1"),
+    ("IM-0115-0001.jpeg", "IM-0115"),
+    ("IM-0117-0001-0002.jpeg", "IM-0117"),
+    ("NORMAL2-IM-0381-0001.jpeg", "NORMAL2-IM-0381"),
+    ("scan_from_elsewhere.png", "scan_from_elsewhere"),
+])
+def test_patient_id_from_file_name(name, patient):
+    assert patient_id(name) == patient
+
+
+def _train_names(data_dir: Path) -> tuple[list[str], list[int]]:
+    names, labels = [], []
+    for label, folder in enumerate(("NORMAL", "PNEUMONIA")):
+        files = sorted(p.name for p in (data_dir / "train" / folder).iterdir())
+        names += files
+        labels += [label] * len(files)
+    return names, labels
+
+
+def test_patient_split_has_no_overlap_and_keeps_class_ratio(data_dir):
+    names, labels = _train_names(data_dir)
+    patients = [patient_id(n) for n in names]
+    # The data README counts 1278 NORMAL patients because it reads IM-0429-0001-0002 as patient
+    # IM-0429-0001; we group every image of IM-0429 together, which can only merge, never split.
+    assert len(set(patients)) == 1211 + 1635
+    train, val = split_by_patient(patients, labels, val_fraction=0.15, seed=0)
+    assert sorted(train + val) == list(range(len(names)))
+    assert not {patients[i] for i in train} & {patients[i] for i in val}
+    share = lambda rows: np.mean([labels[i] for i in rows])  # noqa: E731
+    assert abs(share(val) - share(train)) < 0.03
+    assert 0.12 < len(val) / len(names) < 0.18
+    assert split_by_patient(patients, labels, 0.15, seed=0) == (train, val)
+    assert split_by_patient(patients, labels, 0.15, seed=1)[1] != val
+
+
+def _gradient(size=(300, 200)) -> np.ndarray:
+    """An 8-bit ramp that spans 0..255 in both directions."""
+    x = np.linspace(0, 1, size[0])[None, :]
+    y = np.linspace(0, 1, size[1])[:, None]
+    return np.round(255 * (x * y)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("preset", list(pneumonia.PRESETS))
+def test_every_mode_becomes_the_same_input(preset):
+    model = pneumonia.create_model(preset)
+    config = pneumonia.data_config_of(model)
+    transform = pneumonia.build_transform(config)
+    size = pneumonia.PRESETS[preset].image_size
+    gray = _gradient()
+    variants = {
+        "L": Image.fromarray(gray, "L"),
+        "RGB": Image.fromarray(np.stack([gray] * 3, -1), "RGB"),
+        "RGBA opaque": Image.fromarray(np.dstack([gray] * 3 + [np.full_like(gray, 255)]), "RGBA"),
+        "LA opaque": Image.fromarray(np.dstack([gray, np.full_like(gray, 255)]), "LA"),
+        "16-bit": Image.fromarray(gray.astype(np.uint16) * 257, "I;16"),
+        "32-bit": Image.fromarray(gray.astype(np.int32) * 16, "I"),
+        "float": Image.fromarray(gray.astype(np.float32) / 255, "F"),
+        "palette": Image.fromarray(gray, "L").convert("P"),
+    }
+    reference = transform(variants["L"])
+    assert reference.shape == (3, size, size) and reference.dtype == torch.float32
+    mean, std = torch.tensor(config["mean"])[:, None, None], torch.tensor(config["std"])[:, None, None]
+    assert torch.all(reference >= (0 - mean) / std - 1e-5) and torch.all(reference <= (1 - mean) / std + 1e-5)
+    assert reference.min() < ((0.05 - mean) / std).min() and reference.max() > ((0.95 - mean) / std).max()
+    for name, image in variants.items():
+        assert torch.allclose(transform(image), reference, atol=1e-6), name
+
+
+def test_transparent_pixels_become_black_background():
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[16:48, 16:48, 3] = 255  # opaque square on a transparent field
+    out = np.asarray(pneumonia.to_model_mode(Image.fromarray(rgba, "RGBA")))
+    assert out.shape == (64, 64, 3)
+    assert out[0, 0].tolist() == [0, 0, 0] and out[32, 32].tolist() == [200, 200, 200]
+
+
+def test_training_transform_without_augmentation_is_the_eval_transform():
+    config = pneumonia.data_config_of(pneumonia.create_model("cnn"))
+    image = Image.fromarray(_gradient(), "L")
+    no_aug = pneumonia.build_transform(config, Augment(shear=0.0, zoom=0.0, hflip=0.0))
+    assert torch.allclose(no_aug(image), pneumonia.build_transform(config)(image), atol=1e-6)
+    torch.manual_seed(0)
+    augmented = pneumonia.build_transform(config, Augment())(image)
+    assert augmented.shape == (3, 224, 224) and not torch.allclose(augmented, no_aug(image))
+
+
+def test_unreadable_bytes_give_a_clear_error():
+    with pytest.raises(UnreadableImage, match="not a readable image"):
+        pneumonia.open_image(b"this is not an image")
+    buffer = io.BytesIO()
+    Image.fromarray(_gradient(), "L").save(buffer, "JPEG")
+    with pytest.raises(UnreadableImage):
+        pneumonia.open_image(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+
+def test_metrics_equal_hand_counts():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 1, 0, 1])
+    p = np.array([0.9, 0.8, 0.4, 0.7, 0.6, 0.2, 0.1, 0.95, 0.3, 0.55])
+    found = binary_metrics(labels, p, threshold=0.5)
+    # predicted positive: 0.9 0.8 0.7 0.6 0.95 0.55 -> tp 5 (0.9 .8 .7 .95 .55), fp 1 (0.6); fn 1 (0.4); tn 3
+    assert found["confusion_matrix"] == {"tn": 3, "fp": 1, "fn": 1, "tp": 5}
+    assert found["accuracy"] == pytest.approx(8 / 10)
+    assert found["precision"] == pytest.approx(5 / 6)
+    assert found["recall"] == pytest.approx(5 / 6)
+    assert found["specificity"] == pytest.approx(3 / 4)
+    assert found["f1"] == pytest.approx(5 / 6)
+    # AUC = share of the 6 x 4 (positive, negative) pairs ranked right: 0.4 and 0.55 lose to 0.6
+    assert found["roc_auc"] == pytest.approx(22 / 24)
+    assert found["n"] == 10
+
+
+def test_ece_of_a_hand_made_example():
+    labels = np.array([1, 1, 1, 0])
+    p = np.array([0.9, 0.9, 0.9, 0.9])  # confidence 0.9, accuracy 0.75
+    assert expected_calibration_error(labels, p) == pytest.approx(0.15)
+    assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == pytest.approx(0.0)
+
+
+def test_temperature_recovers_an_overconfident_scale():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 20000)
+    labels = (rng.random(z.size) < 1 / (1 + np.exp(-z))).astype(int)
+    logits = np.stack([np.zeros_like(z), 3 * z], axis=1)  # 3x too confident
+    assert fit_temperature(logits, labels) == pytest.approx(3.0, rel=0.05)
+
+
+def test_threshold_rules():
+    labels = np.array([0, 0, 0, 1, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8])
+    # p >= 0.6 gives tp 3, fp 0, fn 1 -> F1 6/7; p >= 0.35 gives tp 4, fp 1 -> F1 8/9 (best)
+    assert choose_threshold(labels, p, "f1") == pytest.approx(0.35)
+    assert choose_threshold(labels, p, "sensitivity95") == pytest.approx(0.35)  # every positive caught
+    labels = np.array([0] * 10 + [1] * 20)
+    p = np.concatenate([np.linspace(0, 0.5, 10), np.linspace(0.3, 1, 20)])
+    t = choose_threshold(labels, p, "sensitivity95")
+    assert (p[labels == 1] >= t).mean() >= 0.95
+
+
+def test_cli_help_and_unknown_keys(capsys):
+    with pytest.raises(SystemExit) as help_exit:
+        build_parser().parse_args(["--help"])
+    assert help_exit.value.code == 0 and "--freeze-epochs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        parse_config(["--dataset", "d", "--output-dir", "o", "--epoch", "3x"])
+    assert bad.value.code == 2
+
+
+def test_config_fills_preset_defaults():
+    config = parse_config(["--model", "inception_v3", "--dataset", "d", "--output-dir", "o", "--lr", "0.01"])
+    assert (config.image_size, config.batch_size, config.lr) == (299, 16, 0.01)
+    assert isinstance(config, TrainConfig) and config.shear == 0.2 and math.isclose(config.zoom, 0.2)
+
+
+def test_pretrained_file_loads_into_the_backbone(tmp_path):
+    source = pneumonia.create_model("resnet50")  # stands in for ImageNet weights
+    weights = {k: v for k, v in source.state_dict().items()}
+    weights["fc.weight"], weights["fc.bias"] = torch.randn(1000, 2048), torch.randn(1000)
+    torch.save(weights, tmp_path / "imagenet.pth")
+    loaded = pneumonia.create_model("resnet50", pretrained_file=str(tmp_path / "imagenet.pth"))
+    fresh = pneumonia.create_model("resnet50")
+    assert torch.equal(loaded.conv1.weight, source.conv1.weight)
+    assert not torch.equal(fresh.conv1.weight, source.conv1.weight)
+    assert loaded.get_classifier().out_features == 2
+
+
+def test_pretrained_offline_names_the_alternatives(monkeypatch):
+    with pytest.raises(pneumonia.UsageError, match="--pretrained-file"):
+        pneumonia.create_model("vgg16", pretrained=True)
+    with pytest.raises(pneumonia.UsageError, match="from scratch"):
+        pneumonia.create_model("cnn", pretrained=True)

@@ -1,0 +1,3 @@
+from train.run import main
+
+main()

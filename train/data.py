@@ -1,0 +1,184 @@
+"""Chest X-ray splits through HF `datasets`, split by patient, and a skip-safe torch view."""
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import datasets
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from pneumonia.presets import LABEL_NAMES, UsageError
+from pneumonia.preprocessing import Augment, UnreadableImage, build_transform, open_image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+_LAYOUT_HINT = (
+    "give a folder laid out as train/{NORMAL,PNEUMONIA} and test/{NORMAL,PNEUMONIA} "
+    "(val/ optional), a folder saved by dataset_script/, or a Hub dataset id"
+)
+_PATIENT = re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)")
+
+
+def patient_id(file_name: str) -> str:
+    """`person1000_bacteria_2931.jpeg` -> `person1000`; `IM-0115-0001.jpeg` -> `IM-0115`.
+
+    Names outside the Kermany scheme count as a patient of their own.
+    """
+    stem = Path(file_name).stem
+    match = _PATIENT.match(stem)
+    return match.group(1) if match else stem
+
+
+def split_by_patient(
+    patient_ids: list[str], labels: list[int], val_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """(train, validation) row indices: whole patients held out, stratified by the patient's label."""
+    label_of_patient: dict[str, Counter] = {}
+    for pid, label in zip(patient_ids, labels):
+        label_of_patient.setdefault(pid, Counter())[label] += 1
+    rng = np.random.default_rng(seed)
+    held_out: set[str] = set()
+    for label in sorted(set(labels)):
+        group = sorted(p for p, counts in label_of_patient.items() if counts.most_common(1)[0][0] == label)
+        rng.shuffle(group)
+        held_out.update(group[: round(val_fraction * len(group))])
+    val = [i for i, pid in enumerate(patient_ids) if pid in held_out]
+    train = [i for i, pid in enumerate(patient_ids) if pid not in held_out]
+    return train, val
+
+
+def subsample(dataset: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+    """A class-stratified random subset of ``n`` rows (all rows when ``n`` is None or too big)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    keep, _ = train_test_split(
+        np.arange(len(dataset)), train_size=n, stratify=dataset["label"], random_state=seed
+    )
+    return dataset.select(sorted(keep))
+
+
+def _check_kaggle_layout(root: Path) -> None:
+    for split in ("train", "test"):
+        for label in LABEL_NAMES:
+            folder = root / split / label
+            if not folder.is_dir():
+                raise UsageError(f"dataset {root}: {split}/{label}/ is missing; {_LAYOUT_HINT}")
+            if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+                raise UsageError(f"dataset {root}: {split}/{label}/ holds no images; every class needs images")
+
+
+def _load_raw(source: str) -> datasets.DatasetDict:
+    root = Path(source)
+    if (root / "train").is_dir() and not (root / "dataset_dict.json").exists():
+        _check_kaggle_layout(root)
+        raw = datasets.load_dataset("imagefolder", data_dir=str(root))
+    elif (root / "dataset_dict.json").is_file():
+        raw = datasets.load_from_disk(str(root))
+    elif root.is_dir():
+        raw = datasets.load_dataset(str(root))  # parquet written by dataset_script/
+    elif root.is_absolute() or source.startswith(".") or source.count("/") != 1:
+        raise UsageError(f"dataset {source} not found; {_LAYOUT_HINT}")
+    else:
+        try:
+            raw = datasets.load_dataset(source)
+        except Exception as err:  # offline, private, or no such repo
+            raise UsageError(f"could not load Hub dataset {source} ({type(err).__name__}: {err}); {_LAYOUT_HINT}") from err
+    return raw.cast_column("image", datasets.Image(decode=False))
+
+
+def _with_patient_ids(split: datasets.Dataset) -> datasets.Dataset:
+    if "patient_id" in split.column_names:
+        return split
+    return split.map(lambda row: {"patient_id": patient_id(row["image"]["path"] or "")})
+
+
+def load_splits(source: str, val_fraction: float, seed: int) -> datasets.DatasetDict:
+    """train / validation / test with columns image (undecoded), label, patient_id."""
+    raw = _load_raw(source)
+    for needed in ("train", "test"):
+        if needed not in raw:
+            raise UsageError(f"dataset {source} has no {needed!r} split; {_LAYOUT_HINT}")
+    names = tuple(raw["train"].features["label"].names)
+    if names != LABEL_NAMES:
+        raise UsageError(f"dataset {source} has labels {names}; expected {LABEL_NAMES}")
+    if "validation" in raw and "patient_id" in raw["validation"].column_names:
+        return raw  # built by dataset_script/ with the same patient-level split
+    splits = {name: _with_patient_ids(split) for name, split in raw.items()}
+    # Kaggle's official val/ holds 16 images: too few to choose anything on. Fold it into
+    # train and hold out whole patients instead.
+    pool = datasets.concatenate_datasets([splits["train"], splits["validation"]]) if "validation" in splits else splits["train"]
+    train_rows, val_rows = split_by_patient(pool["patient_id"], pool["label"], val_fraction, seed)
+    return datasets.DatasetDict(train=pool.select(train_rows), validation=pool.select(val_rows), test=splits["test"])
+
+
+class XrayDataset(torch.utils.data.Dataset):
+    """Rows -> (pixels, label, row index, readable); an unreadable image yields zeros and readable=0.
+
+    Keeping the row (instead of dropping it) keeps batch shapes equal across processes, so
+    evaluation can gather them; the loss and the metrics ignore rows that are not readable.
+    """
+
+    def __init__(self, rows: datasets.Dataset, transform: Callable, input_size: tuple[int, int, int]):
+        self.rows, self.transform, self.input_size = rows, transform, input_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        row = self.rows[index]
+        try:
+            pixels, readable = self.transform(open_image(row["image"])), True
+        except UnreadableImage as err:
+            logger.warning("skipping unreadable image %s", err)
+            pixels, readable = torch.zeros(self.input_size), False
+        return {
+            "pixel_values": pixels,
+            "labels": torch.tensor(row["label"]),
+            "index": torch.tensor(index),
+            "readable": torch.tensor(readable),
+        }
+
+
+def load_data(source: str, val_fraction: float, seed: int, max_train: int | None, max_eval: int | None) -> datasets.DatasetDict:
+    splits = load_splits(source, val_fraction, seed)
+    return datasets.DatasetDict(
+        train=subsample(splits["train"], max_train, seed),
+        validation=subsample(splits["validation"], max_eval, seed),
+        test=subsample(splits["test"], max_eval, seed),
+    )
+
+
+def make_loaders(
+    splits: datasets.DatasetDict, data_config: dict, augment: Augment, batch_size: int, balance: str, num_workers: int
+) -> dict[str, torch.utils.data.DataLoader]:
+    """Shuffled (or class-balanced) augmented train loader; plain, ordered eval loaders."""
+    input_size = tuple(data_config["input_size"])
+
+    def loader(name: str, transform: Callable, **kwargs) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(
+            XrayDataset(splits[name], transform, input_size), batch_size=batch_size,
+            num_workers=num_workers, pin_memory=torch.cuda.is_available(), **kwargs,
+        )
+
+    sampler = None
+    if balance == "sampler":
+        labels = torch.tensor(splits["train"]["label"])
+        per_class = 1.0 / torch.bincount(labels, minlength=len(LABEL_NAMES)).clamp_min(1).float()
+        sampler = torch.utils.data.WeightedRandomSampler(per_class[labels], num_samples=len(labels))
+    evaluation = build_transform(data_config)
+    return {
+        "train": loader("train", build_transform(data_config, augment), shuffle=sampler is None, sampler=sampler, drop_last=False),
+        "validation": loader("validation", evaluation),
+        "test": loader("test", evaluation),
+    }
+
+
+def file_names(rows: datasets.Dataset, indices) -> list[str]:
+    images = rows.select_columns(["image"])
+    return [Path(images[int(i)]["image"]["path"] or f"row{int(i)}").name for i in indices]

@@ -1,0 +1,63 @@
+"""Loss with class weights, AdamW with an optional frozen-backbone warm-up, LR schedule."""
+from __future__ import annotations
+
+import math
+
+import datasets
+import torch
+from torch import nn
+
+from pneumonia.presets import LABEL_NAMES
+from train.config import TrainConfig
+
+
+def class_weights(train_rows: datasets.Dataset, balance: str) -> torch.Tensor | None:
+    """n / (classes * n_c) per class for ``balance == "loss"``: each class weighs the same in total."""
+    if balance != "loss":
+        return None
+    counts = torch.bincount(torch.tensor(train_rows["label"]), minlength=len(LABEL_NAMES)).float()
+    return counts.sum() / (len(LABEL_NAMES) * counts.clamp_min(1))
+
+
+class WeightedCrossEntropy(nn.Module):
+    """Class-weighted mean cross-entropy over the readable images of a batch."""
+
+    def __init__(self, weights: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("weights", weights if weights is not None else torch.ones(len(LABEL_NAMES)))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
+        weights = self.weights.to(logits.device)[labels] * readable.float()
+        per_image = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """AdamW with two groups: the backbone (group 0) and the classifier (group 1)."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    backbone = [p for p in model.parameters() if id(p) not in head]
+    classifier = [p for p in model.parameters() if id(p) in head]
+    return torch.optim.AdamW(
+        [{"params": backbone}, {"params": classifier}], lr=lr, weight_decay=config.weight_decay
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+    """Linear warm-up then cosine decay; the backbone's LR is 0 during ``freeze_epochs``.
+
+    Freezing through the LR (not ``requires_grad``) keeps every parameter in the graph,
+    which DDP needs, and AdamW with LR 0 leaves a parameter exactly unchanged.
+    """
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = round(config.warmup_ratio * total)
+    frozen = config.freeze_epochs * steps_per_epoch
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    def backbone(step: int) -> float:
+        return 0.0 if step < frozen else schedule(step)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone, schedule])

@@ -140,7 +140,7 @@ def save_best_weights(accelerator: Accelerator, model, output_dir: Path, state: 
 
 def load_best_weights(accelerator: Accelerator, model, output_dir: Path, state: TrainState) -> None:
     accelerator.wait_for_everyone()
-    weights = load_file(_best_file(output_dir, state.best_epoch), device=str(accelerator.device))
+    weights = load_file(_best_file(output_dir, state.best_epoch))  # load_state_dict copies to the device
     accelerator.unwrap_model(model).load_state_dict(weights)
 
 

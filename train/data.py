@@ -64,13 +64,13 @@ def subsample(dataset: datasets.Dataset, n: int | None, seed: int) -> datasets.D
 
 
 def _check_kaggle_layout(root: Path) -> None:
-    for split in ("train", "test"):
-        for label in LABEL_NAMES:
-            folder = root / split / label
-            if not folder.is_dir():
-                raise UsageError(f"dataset {root}: {split}/{label}/ is missing; {_LAYOUT_HINT}")
-            if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
-                raise UsageError(f"dataset {root}: {split}/{label}/ holds no images; every class needs images")
+    folders = [root / split / label for split in ("train", "test") for label in LABEL_NAMES]
+    for folder in folders:
+        if not folder.is_dir():
+            raise UsageError(f"dataset {root}: {folder.relative_to(root)}/ is missing; {_LAYOUT_HINT}")
+    for folder in folders:
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()):
+            raise UsageError(f"dataset {root}: {folder.relative_to(root)}/ holds no images; every class needs images")
 
 
 def _load_raw(source: str) -> datasets.DatasetDict:

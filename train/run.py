@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(config: TrainConfig) -> None:
-    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed_precision(config))
+    accelerator = Accelerator(
+        cpu=launched_without_gpus(), gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed_precision(config)
+    )
     checkpoints.check_output_dir(config)
     set_seed(config.seed)
     model = create_model(
@@ -176,6 +179,12 @@ def log_epoch(accelerator, output_dir: Path, entry: dict) -> None:
         f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}  val loss {entry['val_loss']:.4f}  "
         f"val ROC-AUC {entry['val_roc_auc']:.4f}  val F1@0.5 {entry['val_f1']:.4f}  ({entry['seconds']:.0f}s)"
     )
+
+
+def launched_without_gpus() -> bool:
+    """Several processes on a machine with no GPU: DDP over gloo on the CPU. Without this,
+    accelerate would run N unaware single-process copies writing the same folder."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def mixed_precision(config: TrainConfig) -> str:

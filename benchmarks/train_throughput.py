@@ -1,6 +1,6 @@
 """Training images/second per preset on this machine: the real data loader vs in-memory tensors.
 
-    python benchmarks/train_throughput.py [--presets cnn vgg16] [--steps 6] [--workers 2]
+    python benchmarks/train_throughput.py [--presets cnn vgg16] [--steps 4] [--rounds 2] [--workers 2]
 
 Both columns run the same optimizer steps (forward, backward, AdamW) at the preset's image
 and batch size; "real loader" reads and augments JPEGs from ../shared through the training
@@ -50,22 +50,27 @@ def train_steps(model, optimizer, batches, steps: int, warmup: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def measure(preset: str, splits, steps: int, warmup: int, workers: int) -> tuple[float, float, int]:
+def measure(preset: str, splits, steps: int, warmup: int, workers: int, rounds: int) -> tuple[float, float, int]:
+    """Best-of-``rounds`` img/s, real loader and in memory, measured alternately so that
+    drift on this shared machine hits both columns alike."""
     config = pneumonia.PRESETS[preset]
     torch.manual_seed(0)
     model = pneumonia.create_model(preset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     loader = data.make_loaders(splits, pneumonia.data_config_of(model), Augment(), config.batch_size, "loss", workers)["train"]
-    cached = [next(iter(loader))]
-    in_memory = train_steps(model, optimizer, (cached[0] for _ in range(warmup + steps)), steps, warmup)
-    real = train_steps(model, optimizer, loader, steps, warmup)
-    return real, in_memory, config.batch_size
+    cached = next(iter(loader))
+    real, in_memory = [], []
+    for _ in range(rounds):
+        in_memory.append(train_steps(model, optimizer, (cached for _ in range(warmup + steps)), steps, warmup))
+        real.append(train_steps(model, optimizer, loader, steps, warmup))
+    return max(real), max(in_memory), config.batch_size
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=list(pneumonia.PRESETS), choices=list(pneumonia.PRESETS))
-    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per measurement")
+    parser.add_argument("--steps", type=int, default=4, help="timed optimizer steps per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating measurements per column; the best is kept")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (loader start-up, allocator)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, as in training")
     parser.add_argument("--dataset", default=str(DATA))
@@ -73,11 +78,11 @@ def main() -> None:
     splits = data.load_data(args.dataset, val_fraction=0.15, seed=0, max_train=None, max_eval=None)
 
     print(f"machine: {machine()}")
-    print(f"command: python benchmarks/train_throughput.py --steps {args.steps} --workers {args.workers}\n")
+    print(f"command: python benchmarks/train_throughput.py --steps {args.steps} --rounds {args.rounds} --workers {args.workers}\n")
     print("| preset | image | batch | real loader (img/s) | in memory (img/s) | loader overhead |")
     print("|---|---|---|---|---|---|")
     for preset in args.presets:
-        real, in_memory, batch = measure(preset, splits, args.steps, args.warmup, args.workers)
+        real, in_memory, batch = measure(preset, splits, args.steps, args.warmup, args.workers, args.rounds)
         size = pneumonia.PRESETS[preset].image_size
         print(f"| {preset} | {size} px | {batch} | {real:.1f} | {in_memory:.1f} | {in_memory / real:.2f}x |", flush=True)
 

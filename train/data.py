@@ -22,6 +22,7 @@ _LAYOUT_HINT = (
     "give a folder laid out as train/{NORMAL,PNEUMONIA} and test/{NORMAL,PNEUMONIA} "
     "(val/ optional), a folder saved by dataset_script/, or a Hub dataset id"
 )
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _PATIENT = re.compile(r"^(person\d+|NORMAL2-IM-\d+|IM-\d+)")
 
 
@@ -75,21 +76,21 @@ def _check_kaggle_layout(root: Path) -> None:
 
 def _load_raw(source: str) -> datasets.DatasetDict:
     root = Path(source)
-    if (root / "train").is_dir() and not (root / "dataset_dict.json").exists():
+    if (root / "dataset_dict.json").is_file():
+        return datasets.load_from_disk(str(root))
+    if (root / "train").is_dir():
         _check_kaggle_layout(root)
-        raw = datasets.load_dataset("imagefolder", data_dir=str(root))
-    elif (root / "dataset_dict.json").is_file():
-        raw = datasets.load_from_disk(str(root))
-    elif root.is_dir():
-        raw = datasets.load_dataset(str(root))  # parquet written by dataset_script/
-    elif root.is_absolute() or source.startswith(".") or source.count("/") != 1:
-        raise UsageError(f"dataset {source} not found; {_LAYOUT_HINT}")
-    else:
-        try:
-            raw = datasets.load_dataset(source)
-        except Exception as err:  # offline, private, or no such repo
-            raise UsageError(f"could not load Hub dataset {source} ({type(err).__name__}: {err}); {_LAYOUT_HINT}") from err
-    return raw.cast_column("image", datasets.Image(decode=False))
+        return datasets.load_dataset("imagefolder", data_dir=str(root))
+    if root.is_dir() or _HUB_ID.fullmatch(source):
+        return _load_dataset(source)  # parquet written by dataset_script/, or a Hub id (online)
+    raise UsageError(f"dataset {source} not found; {_LAYOUT_HINT}")
+
+
+def _load_dataset(source: str) -> datasets.DatasetDict:
+    try:
+        return datasets.load_dataset(source)
+    except Exception as err:  # offline, private, no such repo, or files datasets cannot read
+        raise UsageError(f"could not load dataset {source} ({type(err).__name__}: {err}); {_LAYOUT_HINT}") from err
 
 
 def _with_patient_ids(split: datasets.Dataset) -> datasets.Dataset:
@@ -100,14 +101,11 @@ def _with_patient_ids(split: datasets.Dataset) -> datasets.Dataset:
 
 def load_splits(source: str, val_fraction: float, seed: int) -> datasets.DatasetDict:
     """train / validation / test with columns image (undecoded), label, patient_id."""
-    raw = _load_raw(source)
-    for needed in ("train", "test"):
-        if needed not in raw:
-            raise UsageError(f"dataset {source} has no {needed!r} split; {_LAYOUT_HINT}")
-    names = tuple(raw["train"].features["label"].names)
-    if names != LABEL_NAMES:
-        raise UsageError(f"dataset {source} has labels {names}; expected {LABEL_NAMES}")
+    raw = _checked(_load_raw(source), source)
     if "validation" in raw and "patient_id" in raw["validation"].column_names:
+        shared = set(raw["train"]["patient_id"]) & set(raw["validation"]["patient_id"])
+        if shared:
+            raise UsageError(f"dataset {source}: {len(shared)} patients are in both train and validation; rebuild it with dataset_script/")
         return raw  # built by dataset_script/ with the same patient-level split
     splits = {name: _with_patient_ids(split) for name, split in raw.items()}
     # Kaggle's official val/ holds 16 images: too few to choose anything on. Fold it into
@@ -115,6 +113,19 @@ def load_splits(source: str, val_fraction: float, seed: int) -> datasets.Dataset
     pool = datasets.concatenate_datasets([splits["train"], splits["validation"]]) if "validation" in splits else splits["train"]
     train_rows, val_rows = split_by_patient(pool["patient_id"], pool["label"], val_fraction, seed)
     return datasets.DatasetDict(train=pool.select(train_rows), validation=pool.select(val_rows), test=splits["test"])
+
+
+def _checked(raw: datasets.DatasetDict, source: str) -> datasets.DatasetDict:
+    """The splits, columns and labels training needs, with images left undecoded."""
+    for needed in ("train", "test"):
+        if needed not in raw:
+            raise UsageError(f"dataset {source} has no {needed!r} split; {_LAYOUT_HINT}")
+    if "image" not in raw["train"].column_names:
+        raise UsageError(f"dataset {source} has no 'image' column; {_LAYOUT_HINT}")
+    names = tuple(getattr(raw["train"].features.get("label"), "names", ()))
+    if names != LABEL_NAMES:
+        raise UsageError(f"dataset {source} has labels {names or 'none'}; expected a ClassLabel 'label' {LABEL_NAMES}")
+    return raw.cast_column("image", datasets.Image(decode=False))
 
 
 class XrayDataset(torch.utils.data.Dataset):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,9 +11,6 @@ from torch import nn
 
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, PRESETS
 from train.config import TrainConfig, save_config
-
-# What a model repo holds; everything else in the output folder (checkpoints/) stays local.
-MODEL_FILES = ("config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv")
 
 
 def write_model_folder(
@@ -52,7 +48,3 @@ def write_predictions(path: Path, rows: dict[str, tuple[list[str], np.ndarray, n
         for split, (files, labels, p_positive) in rows.items():
             for name, label, p in zip(files, labels, p_positive):
                 out.writerow([split, name, LABEL_NAMES[int(label)], f"{p:.6f}"])
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return dataclasses.asdict(config)

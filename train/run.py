@@ -86,8 +86,8 @@ def train(config: TrainConfig) -> None:
             checkpoints.save_best_weights(accelerator, model, output_dir, state)
         checkpoints.save(accelerator, output_dir, config, state)
         log_epoch(accelerator, output_dir, state.history[-1])
-        if config.stop_after_epochs and epoch + 1 - state.first_epoch_this_job >= config.stop_after_epochs and epoch + 1 < config.epochs:
-            accelerator.print(f"stopped after epoch {epoch + 1}; continue with --resume")
+        if time_box_reached(config, state):
+            accelerator.print(f"stopped after epoch {state.epoch}; continue with --resume")
             return
 
     finish(model, val_loader, test_loader, splits, accelerator, output_dir, config, state)
@@ -179,6 +179,11 @@ def log_epoch(accelerator, output_dir: Path, entry: dict) -> None:
         f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}  val loss {entry['val_loss']:.4f}  "
         f"val ROC-AUC {entry['val_roc_auc']:.4f}  val F1@0.5 {entry['val_f1']:.4f}  ({entry['seconds']:.0f}s)"
     )
+
+
+def time_box_reached(config: TrainConfig, state: checkpoints.TrainState) -> bool:
+    ran_this_job = state.epoch - state.first_epoch_this_job
+    return bool(config.stop_after_epochs) and ran_this_job >= config.stop_after_epochs and state.epoch < config.epochs
 
 
 def launched_without_gpus() -> bool:

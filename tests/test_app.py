@@ -1,0 +1,55 @@
+"""The app's pure predict() on real X-rays, served by a model folder the test trains."""
+from __future__ import annotations
+
+import csv
+import importlib
+import sys
+
+import gradio as gr
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def app(data_dir, tmp_path_factory, monkeypatch_module):
+    model_dir = tmp_path_factory.mktemp("model") / "cnn"
+    result = run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(model_dir), "--epochs", "1",
+                     "--max-train-samples", "24", "--max-eval-samples", "16", "--batch-size", "8",
+                     "--num-workers", "0", "--image-size", "96")
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch_module.setenv("PNEUMONIA_MODEL", str(model_dir))
+    sys.modules.pop("app", None)
+    module = importlib.import_module("app")
+    module.model_dir = model_dir
+    return module
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.mark.slow
+def test_predict_matches_the_training_evaluation(app, data_dir):
+    with (app.model_dir / "predictions.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"][:6]
+    for row in rows:
+        probs = app.predict(str(data_dir / "test" / row["label"] / row["file"]))
+        assert set(probs) == {"NORMAL", "PNEUMONIA"}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+        assert probs["PNEUMONIA"] == pytest.approx(float(row["p_pneumonia"]), abs=1e-5)
+    bars, words = app.classify(str(data_dir / "test" / rows[0]["label"] / rows[0]["file"]))
+    assert bars == app.predict(str(data_dir / "test" / rows[0]["label"] / rows[0]["file"]))
+    assert ("NORMAL" in words or "PNEUMONIA" in words) and "threshold" in words
+
+
+@pytest.mark.slow
+def test_bad_uploads_get_a_clear_message(app, tmp_path):
+    with pytest.raises(gr.Error, match="No image"):
+        app.predict(None)
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    with pytest.raises(gr.Error, match="not a readable image"):
+        app.predict(str(junk))

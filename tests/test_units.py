@@ -191,3 +191,12 @@ def test_pretrained_offline_names_the_alternatives(monkeypatch):
         pneumonia.create_model("vgg16", pretrained=True)
     with pytest.raises(pneumonia.UsageError, match="from scratch"):
         pneumonia.create_model("cnn", pretrained=True)
+
+
+def test_hub_dataset_offline_gives_a_clear_error():
+    from train.data import load_splits
+
+    with pytest.raises(pneumonia.UsageError, match="could not load dataset someone/chest-xrays"):
+        load_splits("someone/chest-xrays", val_fraction=0.15, seed=0)
+    with pytest.raises(pneumonia.UsageError, match="not found"):
+        load_splits("/no/such/folder", val_fraction=0.15, seed=0)

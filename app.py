@@ -30,7 +30,7 @@ def predict(image_path: str | None) -> dict[str, float]:
     try:
         image = open_image(image_path)
     except UnreadableImage:
-        raise gr.Error(f"{Path(image_path).name} is not a readable image: upload a PNG or JPEG chest X-ray.")
+        raise gr.Error(f"{Path(image_path).name} is not a readable image: upload a PNG or JPEG chest X-ray.") from None
     return classifier.predict(image)
 
 

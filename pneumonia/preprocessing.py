@@ -47,8 +47,13 @@ def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
         image.load()  # decode now, so a truncated file fails here and not in a transform
         return ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        name = source.get("path") if isinstance(source, dict) else source if isinstance(source, (str, Path)) else "upload"
-        raise UnreadableImage(f"{name}: not a readable image ({err})") from err
+        raise UnreadableImage(f"{_describe(source)}: not a readable image ({err})") from err
+
+
+def _describe(source) -> str:
+    if isinstance(source, dict):
+        return str(source.get("path") or "image bytes")
+    return str(source) if isinstance(source, (str, Path)) else "image bytes"
 
 
 def to_model_mode(image: Image.Image) -> Image.Image:

@@ -29,13 +29,10 @@ from train.config import TrainConfig, parse_config
 from train.export import write_model_folder, write_predictions
 from train.metrics import binary_metrics, choose_threshold, fit_temperature
 
-logger = logging.getLogger("train")
-
-
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
-    logging.getLogger("train").setLevel(logging.INFO)
+    logging.getLogger("train").setLevel(logging.INFO)  # our warnings, e.g. skipped images
     try:
         train(config)
     except UsageError as err:

@@ -54,6 +54,9 @@ class TrainConfig:
     resume: bool = _opt(False, "continue the run in --output-dir from its last checkpoint")
     overwrite: bool = _opt(False, "replace a finished or different run in --output-dir")
     stop_after_epochs: int | None = _opt(None, "end this job after N epochs (time-boxed jobs); continue with --resume")
+    # publishing
+    push_to_hub: str | None = _opt(None, "when done, push the model folder and its card to this Hub repo (USER/NAME)")
+    hub_private: bool = _opt(False, "create the --push-to-hub repo as private")
 
 
 def _base_type(hint) -> type:

@@ -81,9 +81,14 @@ def _load_raw(source: str) -> datasets.DatasetDict:
     if (root / "train").is_dir():
         _check_kaggle_layout(root)
         return datasets.load_dataset("imagefolder", data_dir=str(root))
-    if root.is_dir() or _HUB_ID.fullmatch(source):
+    if root.is_dir() or is_hub_id(source):
         return _load_dataset(source)  # parquet written by dataset_script/, or a Hub id (online)
     raise UsageError(f"dataset {source} not found; {_LAYOUT_HINT}")
+
+
+def is_hub_id(source: str) -> bool:
+    """`user/name` that is not a local path."""
+    return bool(_HUB_ID.fullmatch(source)) and not Path(source).exists()
 
 
 def _load_dataset(source: str) -> datasets.DatasetDict:

@@ -26,8 +26,11 @@ from pneumonia.presets import UsageError, create_model
 from pneumonia.preprocessing import Augment, data_config_of
 from train import checkpoints, data, optim
 from train.config import TrainConfig, parse_config
+from train.card import write_card
 from train.export import write_model_folder, write_predictions
+from train.hub import require_token
 from train.metrics import binary_metrics, choose_threshold, fit_temperature
+from train.publish import publish
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
@@ -45,6 +48,8 @@ def train(config: TrainConfig) -> None:
         cpu=launched_without_gpus(), gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed_precision(config)
     )
     checkpoints.check_output_dir(config)
+    if config.push_to_hub:
+        require_token()  # now, not after hours of training
     set_seed(config.seed)
     model = create_model(
         config.model, pretrained=config.pretrained, pretrained_file=config.pretrained_file, image_size=config.image_size
@@ -160,12 +165,15 @@ def finish(model, val_loader, test_loader, splits, accelerator, output_dir, conf
         "validation": (data.file_names(splits["validation"], val_index), val_labels, val_p),
         "test": (data.file_names(splits["test"], test_index), test_labels, test_p),
     })
+    write_card(output_dir, repo_id=config.push_to_hub)
     test = metrics["test"]
     accelerator.print(
         f"test: F1 {test['f1']:.3f}  precision {test['precision']:.3f}  recall {test['recall']:.3f}  "
         f"specificity {test['specificity']:.3f}  ROC-AUC {test['roc_auc']:.3f}  accuracy {test['accuracy']:.3f}  "
         f"(threshold {threshold:.3f}, temperature {temperature:.2f}) -> {output_dir}"
     )
+    if config.push_to_hub:
+        publish(output_dir, config.push_to_hub, private=config.hub_private)
 
 
 def log_epoch(accelerator, output_dir: Path, entry: dict) -> None:

@@ -1,0 +1,178 @@
+"""Model cards, the comparison table and pushes to the Hub, offline.
+
+The Hub client is replaced only at its network boundary: HfApi.create_repo and
+HfApi.upload_folder record their calls instead of sending them.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import DatasetCard, HfApi, ModelCard, constants
+from huggingface_hub.utils import filter_repo_objects
+
+from dataset_script.build_dataset import main as build_dataset
+from pneumonia.presets import UsageError
+from tests.conftest import link_subset, run_cli
+from train.compare import comparison_table
+from train.compare import main as compare_main
+from train.publish import MODEL_FILES, publish
+from train.publish import main as publish_main
+
+TOKEN = "hf_testtoken_never_printed"
+
+
+@pytest.fixture(scope="module")
+def run_folder(data_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs") / "cnn"
+    result = run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(folder), "--epochs", "1",
+                     "--max-train-samples", "24", "--max-eval-samples", "16", "--batch-size", "8",
+                     "--num-workers", "0", "--image-size", "96")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """Online with a token, every request recorded instead of sent."""
+    calls = []
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw["repo_id"], kw)))
+    return calls
+
+
+def _uploaded(folder, patterns) -> set[str]:
+    files = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+    return set(filter_repo_objects(files, allow_patterns=patterns))
+
+
+@pytest.mark.slow
+def test_every_run_gets_a_card_whose_model_index_holds_its_test_metrics(run_folder):
+    card = ModelCard.load(run_folder / "README.md")
+    metrics = json.loads((run_folder / "metrics.json").read_text())
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert card.data.license and card.data.datasets and card.data.base_model is None  # from scratch
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert results == {k: metrics["test"][k] for k in ("f1", "precision", "recall", "specificity", "accuracy", "roc_auc")}
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    for plot in ("confusion_matrix.png", "roc_curve.png"):
+        assert (run_folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot})" in card.text
+    assert "not a diagnosis" in card.text and "Kermany" in card.text and "hf-hub:USER/pneumonia-cnn" in card.text
+    assert f"{metrics['validation']['f1']:.3f}" in card.text  # validation numbers in the text
+
+
+@pytest.mark.slow
+def test_publish_uploads_exactly_the_model_files(run_folder, hub, capsys):
+    publish(run_folder, "someone/pneumonia-cnn", private=True)
+    (create, repo_id, create_kw), (upload, upload_repo, upload_kw) = hub
+    assert (create, repo_id, create_kw["exist_ok"], create_kw["private"]) == ("create_repo", "someone/pneumonia-cnn", True, True)
+    assert (upload, upload_repo, upload_kw["repo_type"]) == ("upload_folder", "someone/pneumonia-cnn", "model")
+    sent = _uploaded(run_folder, upload_kw["allow_patterns"])
+    assert sent == set(MODEL_FILES) and not any(name.startswith("checkpoints") for name in sent)
+    assert "hf-hub:someone/pneumonia-cnn" in (run_folder / "README.md").read_text()
+    assert TOKEN not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_dry_run_lists_files_and_sends_nothing(run_folder, hub, capsys):
+    publish_main([str(run_folder), "--repo-id", "someone/pneumonia-cnn", "--dry-run"])
+    out = capsys.readouterr().out
+    assert hub == [] and "https://huggingface.co/someone/pneumonia-cnn" in out
+    assert "model.safetensors" in out and "checkpoints" not in out
+
+
+@pytest.mark.slow
+def test_push_refuses_offline_tokenless_or_incomplete(run_folder, hub, monkeypatch, tmp_path):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE"):
+        publish(run_folder, "someone/x")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(UsageError, match="hf auth login"):
+        publish(run_folder, "someone/x")
+    partial = tmp_path / "partial"
+    shutil.copytree(run_folder, partial, ignore=shutil.ignore_patterns("model.safetensors"))
+    with pytest.raises(UsageError, match="missing model.safetensors"):
+        publish(partial, "someone/x")
+    assert hub == []
+
+
+@pytest.mark.slow
+def test_a_failing_upload_is_one_clear_line(run_folder, hub, monkeypatch):
+    def refuse(self, **kw):
+        raise ConnectionError(f"403 Forbidden for token {TOKEN[:3]}...\nmore detail")
+    monkeypatch.setattr(HfApi, "upload_folder", refuse)
+    with pytest.raises(UsageError, match="pushing to someone/x failed .*nothing was committed") as err:
+        publish(run_folder, "someone/x")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_compare_tables_several_runs(run_folder, tmp_path, capsys):
+    other = tmp_path / "cnn-copy"
+    shutil.copytree(run_folder, other)
+    metrics = json.loads((run_folder / "metrics.json").read_text())
+    compare_main([str(run_folder), str(other), "--output", str(tmp_path / "comparison.md")])
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "comparison.md").read_text() == comparison_table([run_folder, other])
+    rows = printed.strip().splitlines()[2:]
+    assert len(rows) == 2 and all(f"| {metrics['test']['f1']:.3f} |" in row for row in rows)
+
+
+def test_dataset_card_and_push(data_dir, tmp_path, hub):
+    source = link_subset(data_dir, tmp_path / "kaggle", per_class=8)
+    build_dataset([str(source), str(tmp_path / "out"), "--val-fraction", "0.25", "--push-to-hub", "someone/cxr"])
+    card = DatasetCard.load(tmp_path / "out" / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.task_categories == ["image-classification"]
+    sizes = {s["name"]: s["num_examples"] for s in card.data.dataset_info["splits"]}
+    assert sizes["test"] == 16 and sizes["train"] + sizes["validation"] == 16
+    assert "Known issues" in card.text and "Kermany" in card.text and 'load_dataset("someone/cxr")' in card.text
+    (_, _, create_kw), (_, repo_id, upload_kw) = hub
+    assert create_kw["repo_type"] == upload_kw["repo_type"] == "dataset" and repo_id == "someone/cxr"
+    assert _uploaded(tmp_path / "out", upload_kw["allow_patterns"]) == {
+        "README.md", "data/train-00000-of-00001.parquet", "data/validation-00000-of-00001.parquet",
+        "data/test-00000-of-00001.parquet"}
+
+
+@pytest.mark.slow
+def test_what_users_download_gives_the_training_probabilities(run_folder, hub, data_dir, monkeypatch):
+    """Publish, lay exactly the uploaded files into the Hub cache, load them with hf-hub: offline."""
+    import csv
+
+    import pneumonia
+
+    publish(run_folder, "someone/pneumonia-cnn-roundtrip")
+    sent = _uploaded(run_folder, hub[-1][2]["allow_patterns"])
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--someone--pneumonia-cnn-roundtrip"
+    revision = "0" * 40
+    for name in sent:
+        (snapshot / "snapshots" / revision / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(run_folder / name, snapshot / "snapshots" / revision / name)
+    (snapshot / "refs").mkdir(exist_ok=True)
+    (snapshot / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    classifier = pneumonia.load_classifier("hf-hub:someone/pneumonia-cnn-roundtrip")
+    with (run_folder / "predictions.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    p = classifier.predict_proba([pneumonia.open_image(data_dir / "test" / r["label"] / r["file"]) for r in rows])[:, 1]
+    assert p.tolist() == pytest.approx([float(r["p_pneumonia"]) for r in rows], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_training_with_push_to_hub(data_dir, tmp_path, hub):
+    from train.run import main as train_main
+
+    offline = run_cli("--dataset", str(data_dir), "--output-dir", str(tmp_path / "never"), "--push-to-hub", "someone/x")
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr and not (tmp_path / "never").exists()
+
+    train_main(["--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
+                "--max-train-samples", "16", "--max-eval-samples", "16", "--batch-size", "8", "--num-workers", "0",
+                "--image-size", "64", "--push-to-hub", "someone/pneumonia-cnn", "--hub-private"])
+    (_, repo_id, create_kw), (_, _, upload_kw) = hub
+    assert repo_id == "someone/pneumonia-cnn" and create_kw["private"] is True
+    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES)

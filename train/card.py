@@ -1,0 +1,112 @@
+"""A run's model card (README.md) and plots, rendered from `model_card.md` with its own numbers."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
+from train.data import is_hub_id  # noqa: E402
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+CARD_METRICS = {"f1": "F1", "precision": "Precision", "recall": "Recall (sensitivity)", "specificity": "Specificity",
+                "accuracy": "Accuracy", "roc_auc": "ROC-AUC"}
+THRESHOLD_RULES = {"f1": "best F1 on validation", "sensitivity95": "best specificity with sensitivity >= 0.95 on validation"}
+DEFAULT_DATASET_ID = "chest-xray-pneumonia"
+
+
+def render_card(folder: Path, repo_id: str | None = None, space_id: str | None = None, dataset_id: str | None = None) -> ModelCard:
+    """The card for the run in ``folder``; ``repo_id`` fills the usage lines."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = json.loads((folder / "training_config.json").read_text())
+    model_config = json.loads((folder / "config.json").read_text())
+    preset = config["model"]
+    repo_id = repo_id or f"USER/pneumonia-{preset.replace('_', '-')}"
+    dataset_id = dataset_id or (config["dataset"] if is_hub_id(config["dataset"]) else DEFAULT_DATASET_ID)
+    base_model = model_config.get("base_model")
+    card_data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license="cc-by-4.0",  # the weights are derived from CC BY 4.0 data
+        datasets=[dataset_id],
+        base_model=base_model,
+        tags=["image-classification", "timm", "medical-imaging", "chest-x-ray", "pneumonia", preset],
+        model_name=repo_id.split("/")[-1],
+        eval_results=[
+            EvalResult(
+                task_type="image-classification", task_name="Pneumonia detection (chest X-ray)",
+                dataset_type=dataset_id, dataset_name="Chest X-Ray Images (Pneumonia), Kermany et al. 2018",
+                dataset_split="test", metric_type=name, metric_name=title, metric_value=metrics["test"][name],
+            )
+            for name, title in CARD_METRICS.items()
+        ],
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        space_id=space_id or "http://127.0.0.1:7860/",
+        architecture=_architecture(preset),
+        base_model=base_model,
+        splits=[("validation", metrics["validation"]), ("test", metrics["test"])],
+        threshold=metrics["threshold"],
+        temperature=metrics["temperature"],
+        threshold_rule=THRESHOLD_RULES[metrics["threshold_rule"]],
+        train_images=metrics["train_images"],
+        val_images=metrics["validation"]["n"],
+        best_epoch=metrics["best_epoch"],
+        train_seconds=metrics["train_seconds"],
+        balance={"loss": "class-weighted loss", "sampler": "class-balanced sampler", "none": "plain loss"}[config["balance"]],
+        **{k: config[k] for k in ("epochs", "image_size", "lr", "batch_size", "shear", "zoom", "hflip", "seed", "select_metric")},
+    )
+
+
+def write_card(folder: Path, repo_id: str | None = None, space_id: str | None = None, dataset_id: str | None = None) -> None:
+    """README.md plus the confusion-matrix and ROC plots it shows."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    plot_confusion_matrix(metrics["test"]["confusion_matrix"], folder / "confusion_matrix.png")
+    plot_roc(folder / "predictions.csv", folder / "roc_curve.png")
+    render_card(folder, repo_id, space_id, dataset_id).save(folder / "README.md")
+
+
+def plot_confusion_matrix(counts: dict, path: Path) -> None:
+    matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), value in np.ndenumerate(matrix):
+        ax.text(col, row, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABEL_NAMES, yticklabels=LABEL_NAMES,
+           xlabel="predicted", ylabel="true", title="Test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_roc(predictions: Path, path: Path) -> None:
+    with predictions.open() as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    for split in ("validation", "test"):
+        chosen = [r for r in rows if r["split"] == split]
+        fpr, tpr, _ = roc_curve([r["label"] == "PNEUMONIA" for r in chosen], [float(r["p_pneumonia"]) for r in chosen])
+        ax.plot(fpr, tpr, label=split)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (PNEUMONIA positive)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _architecture(preset: str) -> str:
+    return {"cnn": "small CNN (3 convolutions, 3 poolings)", "vgg16": "VGG16", "resnet50": "ResNet-50",
+            "inception_v3": "Inception v3"}[preset] + f" (timm `{PRESETS[preset].timm_name.split('.')[0]}`)"

@@ -1,0 +1,52 @@
+"""Push a trained model folder to the Hub with its rendered card.
+
+    python -m train.publish runs/vgg16 --repo-id USER/pneumonia-vgg16 [--private] [--dry-run]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pneumonia.presets import UsageError
+from train.card import write_card
+from train.hub import push_folder
+
+# What a model repo holds; the rest of a run folder (checkpoints/, optimizer state) stays local.
+MODEL_FILES = [
+    "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
+    "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png",
+]
+_NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
+
+
+def publish(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool = False,
+            space_id: str | None = None, dataset_id: str | None = None) -> str | None:
+    """Re-render the card for ``repo_id``, then upload the model files (and only those)."""
+    missing = [name for name in _NEEDED_TO_RENDER if not (folder / name).is_file()]
+    if missing:
+        raise UsageError(f"{folder} is not a finished training run (missing {', '.join(missing)}): train it first")
+    write_card(folder, repo_id=repo_id, space_id=space_id, dataset_id=dataset_id)
+    return push_folder(folder, repo_id, MODEL_FILES, private=private, dry_run=dry_run,
+                       commit_message=f"Upload {folder.name} (pneumonia-xray)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.publish", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="output folder of `python -m train`")
+    parser.add_argument("--repo-id", required=True, help="USER/NAME of the model repo (created if missing)")
+    parser.add_argument("--private", action="store_true", help="create the repo as private")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded, and where; upload nothing")
+    parser.add_argument("--space-id", help="USER/SPACE of the demo, for the card's gradio_client lines")
+    parser.add_argument("--dataset-id", help="Hub id of the training dataset, for the card's metadata")
+    args = parser.parse_args(argv)
+    try:
+        publish(args.folder, args.repo_id, private=args.private, dry_run=args.dry_run,
+                space_id=args.space_id, dataset_id=args.dataset_id)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,11 +26,11 @@ DISCLAIMER = "Research and education only: this is not a medical device and not 
 def predict(image_path: str | None) -> dict[str, float]:
     """An image file -> calibrated probability per label, e.g. {"NORMAL": 0.1, "PNEUMONIA": 0.9}."""
     if not image_path:
-        raise gr.Error("No image received: upload a chest X-ray (PNG or JPEG).")
+        raise gr.Error("No image received: upload a chest X-ray (PNG, JPEG or DICOM).")
     try:
         image = open_image(image_path)
     except UnreadableImage:
-        raise gr.Error(f"{Path(image_path).name} is not a readable image: upload a PNG or JPEG chest X-ray.") from None
+        raise gr.Error(f"{Path(image_path).name} is not a readable image: upload a PNG, JPEG or DICOM chest X-ray.") from None
     return classifier.predict(image)
 
 

@@ -34,20 +34,58 @@ class Augment:
 
 
 def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
-    """Decode a path, raw bytes, a ``datasets`` Image dict or a PIL image, fully loaded."""
+    """Decode a path, raw bytes, a ``datasets`` Image dict or a PIL image (PNG, JPEG, ..., DICOM), fully loaded."""
     try:
         if isinstance(source, Image.Image):
             image = source
         elif isinstance(source, dict):  # datasets.Image(decode=False): {"bytes", "path"}
             return open_image(source["bytes"] if source.get("bytes") else source["path"])
+        elif _is_dicom(source):
+            return _read_dicom(source)
         elif isinstance(source, (bytes, bytearray)):
             image = Image.open(io.BytesIO(source))
         else:
             image = Image.open(source)
         image.load()  # decode now, so a truncated file fails here and not in a transform
         return ImageOps.exif_transpose(image)
+    except UnreadableImage:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UnreadableImage(f"{_describe(source)}: not a readable image ({err})") from err
+
+
+def _is_dicom(source: str | Path | bytes) -> bool:
+    """DICOM files carry "DICM" after a 128-byte preamble; some bare ones only a .dcm name."""
+    if isinstance(source, (bytes, bytearray)):
+        return source[128:132] == b"DICM"
+    path = Path(source)
+    if path.suffix.lower() == ".dcm":
+        return True
+    with path.open("rb") as f:
+        return f.read(132)[128:132] == b"DICM"
+
+
+def _read_dicom(source: str | Path | bytes) -> Image.Image:
+    """The displayed image: modality rescale and VOI window applied, MONOCHROME1 inverted."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, force=True)
+        if "PixelData" not in dataset:
+            raise UnreadableImage(f"{_describe(source)}: DICOM file without pixel data (a report or structured document?)")
+        pixels = apply_voi_lut(apply_modality_lut(dataset.pixel_array, dataset), dataset).astype(np.float32)
+    except UnreadableImage:
+        raise
+    except Exception as err:  # pydicom raises many kinds for broken or unsupported files
+        raise UnreadableImage(f"{_describe(source)}: unreadable DICOM ({type(err).__name__}: {err})") from err
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+        pixels = pixels[0]  # a multi-frame file: its first frame
+    if pixels.ndim == 3:
+        return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    if dataset.get("PhotometricInterpretation") == "MONOCHROME1":  # high values are dark: invert
+        pixels = pixels.max() - pixels
+    return Image.fromarray(pixels, mode="F")
 
 
 def _describe(source) -> str:

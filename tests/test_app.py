@@ -53,3 +53,16 @@ def test_bad_uploads_get_a_clear_message(app, tmp_path):
     junk.write_text("not an image")
     with pytest.raises(gr.Error, match="not a readable image"):
         app.predict(str(junk))
+
+
+@pytest.mark.slow
+def test_predict_reads_dicom_either_polarity(app, data_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tests.test_units import _write_dicom
+
+    xray = np.asarray(Image.open(next((data_dir / "test" / "NORMAL").iterdir())).convert("L"), dtype=np.uint16) * 16
+    mono2 = app.predict(str(_write_dicom(tmp_path / "a.dcm", xray, "MONOCHROME2")))
+    mono1 = app.predict(str(_write_dicom(tmp_path / "b.dcm", 4095 - xray, "MONOCHROME1")))
+    assert mono1 == pytest.approx(mono2, abs=1e-6) and sum(mono2.values()) == pytest.approx(1.0)

@@ -200,3 +200,56 @@ def test_hub_dataset_offline_gives_a_clear_error():
         load_splits("someone/chest-xrays", val_fraction=0.15, seed=0)
     with pytest.raises(pneumonia.UsageError, match="not found"):
         load_splits("/no/such/folder", val_fraction=0.15, seed=0)
+
+
+def _write_dicom(path: Path, stored: np.ndarray, photometric: str, **extra) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_monochrome1_and_2_give_the_model_the_same_input(data_dir, tmp_path):
+    xray = np.asarray(Image.open(next((data_dir / "test" / "PNEUMONIA").iterdir())).convert("L"), dtype=np.uint16)
+    stored = xray * 16  # 12-bit
+    mono2 = _write_dicom(tmp_path / "mono2.dcm", stored, "MONOCHROME2", RescaleSlope=1, RescaleIntercept=0)
+    mono1 = _write_dicom(tmp_path / "mono1", 4095 - stored, "MONOCHROME1")  # no suffix: found by its DICM magic
+    transform = pneumonia.build_transform(pneumonia.data_config_of(pneumonia.create_model("cnn")))
+    from_mono2 = transform(pneumonia.open_image(mono2))
+    assert torch.allclose(transform(pneumonia.open_image(mono1)), from_mono2, atol=1e-5)
+    assert torch.allclose(transform(pneumonia.open_image(mono1.read_bytes())), from_mono2, atol=1e-5)
+    stretched = (xray - xray.min()) * (255.0 / (xray.max() - xray.min()))  # what to_model_mode does to 12-bit
+    reference = transform(Image.fromarray(np.round(stretched).astype(np.uint8), "L"))
+    assert torch.allclose(from_mono2, reference, atol=1e-5)
+
+
+def test_dicom_without_pixels_or_broken_gives_a_clear_error(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # a structured report
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.save_as(tmp_path / "report.dcm", enforce_file_format=True)
+    with pytest.raises(UnreadableImage, match="without pixel data"):
+        pneumonia.open_image(tmp_path / "report.dcm")
+    (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
+    with pytest.raises(UnreadableImage, match="broken.dcm"):
+        pneumonia.open_image(tmp_path / "broken.dcm")

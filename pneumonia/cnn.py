@@ -38,6 +38,10 @@ class PneumoniaCNN(nn.Module):
             ]
             prev = width
         self.features = nn.Sequential(*blocks)
+        # timm's description of where each block's activations are (Grad-CAM uses the last).
+        self.feature_info = [
+            {"num_chs": width, "reduction": 2**i, "module": f"features.{4 * i + 2}"} for i, width in enumerate(widths)
+        ]
         self.num_features = self.head_hidden_size = prev
         self.pool = nn.AdaptiveAvgPool2d(1)  # size-agnostic, unlike the original Flatten
         self.pre_logits = nn.Sequential(

@@ -28,6 +28,7 @@ class Classifier:
     threshold: float     # on calibrated P(PNEUMONIA), chosen on validation
     temperature: float   # fitted on validation
     config: dict         # the folder's config.json
+    metrics: dict        # the folder's metrics.json ({} when absent)
 
     @torch.inference_mode()
     def predict_proba(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -46,22 +47,28 @@ class Classifier:
         return next(name for name in self.label_names if name != POSITIVE_LABEL)
 
 
-def _read_config(source: str) -> tuple[str, dict]:
-    """(timm model name, config.json) for a local folder or an ``hf-hub:`` id."""
+def _read_json(source: str, name: str) -> dict | None:
+    """A JSON file of a local model folder or an ``hf-hub:`` repo; None when it has none."""
     if source.startswith("hf-hub:"):
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
 
-        return source, json.loads(Path(hf_hub_download(source.removeprefix("hf-hub:"), "config.json")).read_text())
-    folder = Path(source.removeprefix("local-dir:"))
-    if not (folder / "config.json").is_file():
-        raise UsageError(f"{folder}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
-    return f"local-dir:{folder}", json.loads((folder / "config.json").read_text())
+        try:
+            return json.loads(Path(hf_hub_download(source.removeprefix("hf-hub:"), name)).read_text())
+        except EntryNotFoundError:
+            return None
+    path = Path(source.removeprefix("local-dir:")) / name
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_classifier(source: str) -> Classifier:
     """A model folder written by training (local path, ``local-dir:`` or ``hf-hub:``), ready to predict."""
-    timm_name, config = _read_config(source)
-    model = timm.create_model(timm_name, pretrained=True).eval()
+    if not source.startswith("hf-hub:"):
+        source = f"local-dir:{source.removeprefix('local-dir:')}"
+    config = _read_json(source, "config.json")
+    if config is None:
+        raise UsageError(f"{source}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
+    model = timm.create_model(source, pretrained=True).eval()
     return Classifier(
         model=model,
         transform=build_transform(data_config_of(model)),
@@ -69,4 +76,5 @@ def load_classifier(source: str) -> Classifier:
         threshold=float(config.get("threshold", 0.5)),
         temperature=float(config.get("temperature", 1.0)),
         config=config,
+        metrics=_read_json(source, "metrics.json") or {},
     )

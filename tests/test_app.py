@@ -40,9 +40,12 @@ def test_predict_matches_the_training_evaluation(app, data_dir):
         assert set(probs) == {"NORMAL", "PNEUMONIA"}
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
         assert probs["PNEUMONIA"] == pytest.approx(float(row["p_pneumonia"]), abs=1e-5)
-    bars, words = app.classify(str(data_dir / "test" / rows[0]["label"] / rows[0]["file"]))
+    bars, words, heatmap = app.classify(str(data_dir / "test" / rows[0]["label"] / rows[0]["file"]))
     assert bars == app.predict(str(data_dir / "test" / rows[0]["label"] / rows[0]["file"]))
     assert ("NORMAL" in words or "PNEUMONIA" in words) and "threshold" in words
+    assert heatmap.mode == "RGB" and heatmap.size == (224, 224)  # the test X-rays are 224 px
+    metrics = app.classifier.metrics["test"]
+    assert f"test F1 {metrics['f1']:.3f}, ROC-AUC {metrics['roc_auc']:.3f}" in app.model_summary()
 
 
 @pytest.mark.slow

@@ -253,3 +253,20 @@ def test_dicom_without_pixels_or_broken_gives_a_clear_error(tmp_path):
     (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00garbage")
     with pytest.raises(UnreadableImage, match="broken.dcm"):
         pneumonia.open_image(tmp_path / "broken.dcm")
+
+
+@pytest.mark.parametrize("preset", list(pneumonia.PRESETS))
+def test_grad_cam_for_every_preset(preset):
+    from pneumonia.gradcam import grad_cam, overlay
+
+    torch.manual_seed(0)
+    model = pneumonia.create_model(preset).train()
+    transform = pneumonia.build_transform(pneumonia.data_config_of(model))
+    image = Image.fromarray(_gradient((640, 480)), "L")
+    cam = grad_cam(model, transform(image))
+    size = pneumonia.PRESETS[preset].image_size
+    assert cam.shape == (size, size) and np.isfinite(cam).all()
+    assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    assert model.training and all(p.grad is None for p in model.parameters())  # left as it was found
+    shown = overlay(image, cam)
+    assert shown.mode == "RGB" and shown.size == (512, 384)

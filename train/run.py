@@ -165,15 +165,16 @@ def finish(model, val_loader, test_loader, splits, accelerator, output_dir, conf
         "validation": (data.file_names(splits["validation"], val_index), val_labels, val_p),
         "test": (data.file_names(splits["test"], test_index), test_labels, test_p),
     })
-    write_card(output_dir, repo_id=config.push_to_hub)
     test = metrics["test"]
     accelerator.print(
         f"test: F1 {test['f1']:.3f}  precision {test['precision']:.3f}  recall {test['recall']:.3f}  "
         f"specificity {test['specificity']:.3f}  ROC-AUC {test['roc_auc']:.3f}  accuracy {test['accuracy']:.3f}  "
         f"(threshold {threshold:.3f}, temperature {temperature:.2f}) -> {output_dir}"
     )
-    if config.push_to_hub:
+    if config.push_to_hub:  # renders the card for that repo, then uploads
         publish(output_dir, config.push_to_hub, private=config.hub_private)
+    else:
+        write_card(output_dir)
 
 
 def log_epoch(accelerator, output_dir: Path, entry: dict) -> None:

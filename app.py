@@ -84,8 +84,9 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
             bars = gr.Label(num_top_classes=2, label="Calibrated probability")
             verdict = gr.Markdown()
             heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil")
-    if examples():
-        gr.Examples(examples(), inputs=upload)
+    example_files = examples()
+    if example_files:
+        gr.Examples(example_files, inputs=upload)
     upload.change(classify, inputs=upload, outputs=[bars, verdict, heatmap], api_name="predict")
     demo.queue(default_concurrency_limit=2)
 

@@ -20,6 +20,7 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class Preset:
+    title: str          # what people call the architecture (model cards)
     timm_name: str      # timm architecture.tag; the tag names the ImageNet weights
     image_size: int     # square input side in pixels
     lr: float           # AdamW peak learning rate
@@ -28,10 +29,10 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "cnn": Preset("pneumonia_cnn", 224, 1e-3, 32, has_imagenet_weights=False),
-    "vgg16": Preset("vgg16.tv_in1k", 224, 1e-4, 16),
-    "resnet50": Preset("resnet50.a1_in1k", 224, 3e-4, 16),
-    "inception_v3": Preset("inception_v3.tv_in1k", 299, 3e-4, 16),
+    "cnn": Preset("small CNN (3 convolutions, 3 poolings)", "pneumonia_cnn", 224, 1e-3, 32, has_imagenet_weights=False),
+    "vgg16": Preset("VGG16", "vgg16.tv_in1k", 224, 1e-4, 16),
+    "resnet50": Preset("ResNet-50", "resnet50.a1_in1k", 224, 3e-4, 16),
+    "inception_v3": Preset("Inception v3", "inception_v3.tv_in1k", 299, 3e-4, 16),
 }
 
 # Whole-image resize (X-rays of any aspect become the model's square input, as in the

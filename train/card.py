@@ -55,7 +55,7 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         space_id=space_id or "http://127.0.0.1:7860/",
-        architecture=_architecture(preset),
+        architecture=f"{PRESETS[preset].title} (timm `{PRESETS[preset].timm_name.split('.')[0]}`)",
         base_model=base_model,
         splits=[("validation", metrics["validation"]), ("test", metrics["test"])],
         threshold=metrics["threshold"],
@@ -105,8 +105,3 @@ def plot_roc(predictions: Path, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _architecture(preset: str) -> str:
-    return {"cnn": "small CNN (3 convolutions, 3 poolings)", "vgg16": "VGG16", "resnet50": "ResNet-50",
-            "inception_v3": "Inception v3"}[preset] + f" (timm `{PRESETS[preset].timm_name.split('.')[0]}`)"

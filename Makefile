@@ -3,9 +3,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup setup-browser demo test test-fast bench clean
 
 setup: $(STAMP)
+
+# The browser test drives Debian's Chromium (no browser download from Playwright).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+setup-browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 $(STAMP): requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -16,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 demo: setup
 	$(PY) app.py
 
-test: setup
+test: setup setup-browser
 	$(PY) -m pytest
 
 test-fast: setup
@@ -24,6 +30,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/app_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

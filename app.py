@@ -17,12 +17,24 @@ from PIL import Image
 
 from pneumonia import POSITIVE_LABEL, load_classifier, open_image
 from pneumonia.gradcam import grad_cam, overlay
+from pneumonia.modeling import probabilities
 from pneumonia.preprocessing import UnreadableImage
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-cnn"
 MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
 classifier = load_classifier(MODEL_SOURCE)  # once, at start-up
 model_lock = threading.Lock()
+
+
+def _max_batch_size() -> int:
+    """Concurrent /predict requests that Gradio gathers into one forward pass (1 = no batching)."""
+    value = os.environ.get("PNEUMONIA_MAX_BATCH_SIZE", "8")
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"error: PNEUMONIA_MAX_BATCH_SIZE={value!r}: give a whole number of requests, 1 or more")
+    return int(value)
+
+
+MAX_BATCH_SIZE = _max_batch_size()
 
 DISCLAIMER = "Research and education only: this is not a medical device and not a diagnosis."
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
@@ -52,6 +64,13 @@ def _open(image_path: str | None) -> Image.Image:
         raise gr.Error(f"{Path(image_path).name} is not a readable image: upload a PNG, JPEG or DICOM chest X-ray.") from None
 
 
+def _open_or_message(image_path: str | None) -> Image.Image | str:
+    try:
+        return _open(image_path)
+    except gr.Error as err:
+        return err.message
+
+
 def predict(image_path: str | None) -> dict[str, float]:
     """An image file -> calibrated probability per label, e.g. {"NORMAL": 0.1, "PNEUMONIA": 0.9}."""
     image = _open(image_path)
@@ -62,17 +81,62 @@ def predict(image_path: str | None) -> dict[str, float]:
 def decision(probs: dict[str, float]) -> str:
     p = probs[POSITIVE_LABEL]
     verdict = classifier.decide(probs)
-    return f"**{verdict}** at the model's operating threshold (P(PNEUMONIA) = {p:.3f}, threshold {classifier.threshold:.3f})."
+    side = "at or above" if verdict == POSITIVE_LABEL else "below"
+    return (f"### {verdict}\nP(PNEUMONIA) = {p:.3f} is {side} the model's operating threshold "
+            f"{classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the longer bar.")
+
+
+def explain(images: list[Image.Image]) -> list[tuple[dict[str, float], str, Image.Image]]:
+    """Bars, decision and Grad-CAM overlay per image, from one forward (and backward) pass."""
+    with model_lock:  # Grad-CAM hooks the shared model: one batch at a time uses it
+        logits, cams = grad_cam(classifier.model, classifier.pixels(images))
+    results = []
+    for image, p, cam in zip(images, probabilities(logits, classifier.temperature), cams):
+        probs = {name: float(value) for name, value in zip(classifier.label_names, p)}
+        results.append((probs, decision(probs), overlay(image, cam)))
+    return results
 
 
 def classify(image_path: str | None) -> tuple[dict[str, float], str, Image.Image]:
     """Probability bars, the decision in words, and a Grad-CAM heat map of the PNEUMONIA score."""
-    image = _open(image_path)
-    # Grad-CAM hooks the shared model: one request at a time uses it.
-    with model_lock:
-        probs = classifier.predict(image)
-        heat = overlay(image, grad_cam(classifier.model, classifier.transform(image)))
-    return probs, decision(probs), heat
+    return explain([_open(image_path)])[0]
+
+
+def check_uploads(image: list[str | None]) -> list[list[dict]]:
+    """Runs per request before it joins a batch, so a bad file fails alone, with its message."""
+    opened = [_open_or_message(path) for path in image]
+    return [[gr.validate(isinstance(item, Image.Image), "" if isinstance(item, Image.Image) else item)
+             for item in opened]]
+
+
+def _read_batched_verdicts() -> None:
+    """Gradio 6.31 ignores a batched validator's verdicts (they arrive as a tuple where it
+    looks for a list), which would let a bad file into a batch and fail its neighbours.
+    tests/test_app_server.py checks that a bad file is turned away alone."""
+    from gradio import queueing
+
+    original = queueing.process_validation_response
+    if getattr(original, "reads_tuples", False):
+        return
+
+    def process_validation_response(response, fn=None):
+        return original(list(response) if isinstance(response, tuple) else response, fn)
+
+    process_validation_response.reads_tuples = True
+    queueing.process_validation_response = process_validation_response
+
+
+_read_batched_verdicts()
+
+
+def classify_batch(image: list[str | None]) -> tuple[list, list, list]:
+    """The /predict endpoint: Gradio passes up to MAX_BATCH_SIZE queued uploads at once."""
+    opened = [_open_or_message(path) for path in image]
+    images = [item for item in opened if isinstance(item, Image.Image)]
+    results = iter(explain(images) if images else [])
+    # check_uploads has turned bad files away; one that went bad since then fails alone.
+    rows = [next(results) if isinstance(item, Image.Image) else (None, item, None) for item in opened]
+    return tuple(list(column) for column in zip(*rows))
 
 
 with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
@@ -81,14 +145,21 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
         # A file, not gr.Image: gr.Image would decode (and reject DICOM) before predict sees it.
         upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=["image", ".dcm"], type="filepath")
         with gr.Column():
-            bars = gr.Label(num_top_classes=2, label="Calibrated probability")
-            verdict = gr.Markdown()
+            # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
+            verdict = gr.Markdown(label="Decision at the model's operating threshold")
+            bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
             heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil")
     example_files = examples()
     if example_files:
         gr.Examples(example_files, inputs=upload)
-    upload.change(classify, inputs=upload, outputs=[bars, verdict, heatmap], api_name="predict")
-    demo.queue(default_concurrency_limit=2)
+    upload.change(
+        classify_batch, inputs=upload, outputs=[bars, verdict, heatmap], api_name="predict",
+        validator=check_uploads, batch=True, max_batch_size=MAX_BATCH_SIZE,
+        # One batch at a time: the model is shared, and requests that arrive meanwhile
+        # gather into the next batch instead of a second, smaller one waiting on the lock.
+        concurrency_limit=1,
+    )
+    demo.queue(max_size=64)
 
 if __name__ == "__main__":
     demo.launch(show_error=True)  # gr.Error messages reach API callers too

@@ -15,26 +15,29 @@ def target_layer(model: nn.Module) -> nn.Module:
     return model.get_submodule(model.feature_info[-1]["module"])
 
 
-def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL) -> np.ndarray:
-    """A (H, W) map in [0, 1] at the input's resolution for one preprocessed image (3, H, W)."""
+def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL) -> tuple[torch.Tensor, np.ndarray]:
+    """One forward pass over a preprocessed batch (N, 3, H, W): the logits (N, classes) and
+    a Grad-CAM map per image (N, H, W) in [0, 1] at the input's resolution."""
     captured: dict[str, torch.Tensor] = {}
     handle = target_layer(model).register_forward_hook(lambda module, inputs, output: captured.update(maps=output))
     was_training = model.training
     model.eval()
     try:
         with torch.enable_grad():
-            batch = pixels.unsqueeze(0).requires_grad_(True)  # a graph even when the weights are frozen
-            score = model(batch)[0, LABEL_NAMES.index(label)]
+            logits = model(pixels.detach().requires_grad_(True))  # a graph even when the weights are frozen
+            # In eval mode the images don't interact, so the sum's gradient is each image's own.
+            score = logits[:, LABEL_NAMES.index(label)].sum()
             # autograd.grad, not backward(): the weights' .grad stay as they were
             (gradients,) = torch.autograd.grad(score, captured["maps"])
     finally:
         handle.remove()
         model.train(was_training)
     weights = gradients.mean(dim=(2, 3), keepdim=True)  # one weight per channel
-    cam = torch.relu((weights * captured["maps"]).sum(dim=1, keepdim=True))
-    cam = nn.functional.interpolate(cam, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    cam = cam.detach().numpy()
-    return cam / cam.max() if cam.max() > 0 else cam
+    cams = torch.relu((weights * captured["maps"]).sum(dim=1, keepdim=True))
+    cams = nn.functional.interpolate(cams, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peaks = cams.amax(dim=(1, 2), keepdim=True)
+    cams = torch.where(peaks > 0, cams / peaks.clamp_min(1e-12), cams)
+    return logits.detach(), cams.detach().numpy()
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45, max_side: int = 512) -> Image.Image:

@@ -30,10 +30,13 @@ class Classifier:
     config: dict         # the folder's config.json
     metrics: dict        # the folder's metrics.json ({} when absent)
 
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The model's input batch (N, 3, H, W), preprocessed as in training's evaluation."""
+        return torch.stack([self.transform(image) for image in images])
+
     @torch.inference_mode()
     def predict_proba(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = torch.stack([self.transform(image) for image in images])
-        return probabilities(self.model(batch), self.temperature)
+        return probabilities(self.model(self.pixels(images)), self.temperature)
 
     def predict(self, image: Image.Image) -> dict[str, float]:
         probs = self.predict_proba([image])[0]

@@ -52,6 +52,7 @@ def create_model(
     pretrained: bool = False,
     pretrained_file: str | None = None,
     image_size: int | None = None,
+    cnn_width: int | None = None,
 ) -> nn.Module:
     """A fresh 2-class model of preset ``name``, optionally from ImageNet weights."""
     preset = preset_named(name)
@@ -59,6 +60,12 @@ def create_model(
     overlay = {**_XRAY_INPUT, "input_size": (3, size, size)}
     if (pretrained or pretrained_file) and not preset.has_imagenet_weights:
         raise UsageError(f"model {name!r} trains from scratch: drop --pretrained/--pretrained-file")
+    # timm records these in config.json's model_args, so the saved folder rebuilds the same shape.
+    shape = {}
+    if cnn_width is not None:
+        if name != "cnn" or cnn_width < 1:
+            raise UsageError(f"--cnn-width {cnn_width}: only the cnn preset takes a width, a positive channel count")
+        shape["widths"] = (cnn_width, 2 * cnn_width, 4 * cnn_width)
     if pretrained_file:
         if not Path(pretrained_file).is_file():
             raise UsageError(f"--pretrained-file {pretrained_file}: no such file; give the path of a weights file")
@@ -66,7 +73,7 @@ def create_model(
     load = bool(pretrained or pretrained_file)
     try:
         return timm.create_model(
-            preset.timm_name, pretrained=load, pretrained_cfg_overlay=overlay, num_classes=len(LABEL_NAMES)
+            preset.timm_name, pretrained=load, pretrained_cfg_overlay=overlay, num_classes=len(LABEL_NAMES), **shape
         )
     except Exception as err:  # timm raises several kinds for a failed download or a bad file
         if pretrained_file:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.live_app import start_app, stop_app
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
+BUNDLED_MODEL = ROOT / "models" / "pneumonia-cnn"
 
 
 def pytest_configure(config):
@@ -43,3 +46,12 @@ def link_subset(source: Path, target: Path, per_class: int, splits=("train", "te
             for image in sorted((source / split / label).iterdir())[:per_class]:
                 (folder / image.name).symlink_to(image)
     return target
+
+
+
+@pytest.fixture(scope="session")
+def app_url(data_dir):
+    """One live server of the bundled model for the API and browser tests."""
+    process, url = start_app({"PNEUMONIA_MODEL": str(BUNDLED_MODEL)})
+    yield url
+    stop_app(process)

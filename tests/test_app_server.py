@@ -1,54 +1,21 @@
 """The app as users meet it: a live server started by the test, called with gradio_client."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import ValidationError
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import BUNDLED_MODEL as BUNDLED
 from tests.test_units import _write_dicom
 
 pytestmark = pytest.mark.slow
-BUNDLED = ROOT / "models" / "pneumonia-cnn"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
-def server(data_dir):
-    port = _free_port()
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_ANALYTICS_ENABLED": "False", "PNEUMONIA_MODEL": str(BUNDLED)}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            client = Client(url, verbose=False)
-            break
-        except Exception:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited: {process.stdout.read()[-3000:]}")
-            time.sleep(1)
-    else:
-        process.kill()
-        pytest.fail("app.py did not answer within 120 s")
-    yield client
-    process.terminate()
-    process.wait(timeout=30)
+def server(app_url):
+    return Client(app_url, verbose=False)
 
 
 def _p_pneumonia(label: dict) -> float:
@@ -61,24 +28,46 @@ def test_real_xrays_and_dicom_through_the_api(server, data_dir, tmp_path):
     recorded = next(line.split(",")[3] for line in (BUNDLED / "predictions.csv").read_text().splitlines()
                     if line.startswith(f"test,{image.name},"))
     assert _p_pneumonia(label) == pytest.approx(float(recorded), abs=1e-5)
-    assert "threshold" in decision and Image.open(heatmap).mode == "RGB"
+    assert "threshold" in decision
+    with Image.open(heatmap) as shown:
+        assert shown.mode == "RGB"
     xray = np.asarray(Image.open(image).convert("L"), dtype=np.uint16) * 16
     mono1 = server.predict(handle_file(str(_write_dicom(tmp_path / "m1.dcm", 4095 - xray, "MONOCHROME1"))), api_name="/predict")
     mono2 = server.predict(handle_file(str(_write_dicom(tmp_path / "m2.dcm", xray, "MONOCHROME2"))), api_name="/predict")
     assert _p_pneumonia(mono1[0]) == pytest.approx(_p_pneumonia(mono2[0]), abs=1e-6)
 
 
-def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, data_dir, tmp_path):
+def _bad_files(tmp_path, good):
     truncated = tmp_path / "truncated.jpeg"
-    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
     truncated.write_bytes(good.read_bytes()[:2000])
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
     report = tmp_path / "report.dcm"
-    report.write_bytes(b"\0" * 128 + b"DICM")
-    for bad, message in [(truncated, "not a readable image"), (not_an_image, "not a readable image"),
-                         (report, "not a readable image")]:
-        with pytest.raises(Exception, match=message):
+    report.write_bytes(b"\0" * 128 + b"DICM")  # a DICOM without pixel data
+    return [truncated, not_an_image, report]
+
+
+def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, data_dir, tmp_path):
+    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+    for bad in _bad_files(tmp_path, good):
+        with pytest.raises(ValidationError, match=f"{bad.name} is not a readable image: upload a PNG, JPEG or DICOM"):
             server.predict(handle_file(str(bad)), api_name="/predict")
+    with pytest.raises(ValidationError, match="No image received"):
+        server.predict(None, api_name="/predict")
     label, _, _ = server.predict(handle_file(str(good)), api_name="/predict")
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
+
+
+def test_concurrent_callers_share_batches_and_a_bad_file_fails_alone(server, data_dir, tmp_path):
+    goods = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[:6]
+    alone = {image: _p_pneumonia(server.predict(handle_file(str(image)), api_name="/predict")[0]) for image in goods}
+    jobs = [server.submit(handle_file(str(path)), api_name="/predict")
+            for path in [*goods[:3], *_bad_files(tmp_path, goods[0])[:1], *goods[3:]]]
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(_p_pneumonia(job.result(timeout=120)[0]))
+        except ValidationError as err:
+            outcomes.append(str(err))
+    assert "truncated.jpeg is not a readable image" in outcomes[3]
+    assert outcomes[:3] + outcomes[4:] == pytest.approx([alone[image] for image in goods], abs=1e-5)

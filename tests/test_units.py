@@ -263,10 +263,17 @@ def test_grad_cam_for_every_preset(preset):
     model = pneumonia.create_model(preset).train()
     transform = pneumonia.build_transform(pneumonia.data_config_of(model))
     image = Image.fromarray(_gradient((640, 480)), "L")
-    cam = grad_cam(model, transform(image))
+    other = Image.fromarray(255 - _gradient((300, 500)), "L")
+    batch = torch.stack([transform(image), transform(other)])
+    logits, cams = grad_cam(model, batch)
     size = pneumonia.PRESETS[preset].image_size
-    assert cam.shape == (size, size) and np.isfinite(cam).all()
-    assert cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    assert cams.shape == (2, size, size) and np.isfinite(cams).all()
+    assert cams.min() >= 0 and cams.max(axis=(1, 2)) == pytest.approx([1.0, 1.0])
     assert model.training and all(p.grad is None for p in model.parameters())  # left as it was found
-    shown = overlay(image, cam)
+    with torch.no_grad():
+        assert torch.allclose(logits, model.eval()(batch), atol=1e-5)  # the same single forward pass
+    # In a batch each image gets the map it gets alone.
+    alone_logits, alone_cam = grad_cam(model, batch[1:])
+    assert torch.allclose(alone_logits, logits[1:], atol=1e-5) and np.allclose(alone_cam[0], cams[1], atol=1e-4)
+    shown = overlay(image, cams[0])
     assert shown.mode == "RGB" and shown.size == (512, 384)

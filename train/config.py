@@ -25,6 +25,7 @@ class TrainConfig:
     pretrained: bool = _opt(False, "start from timm's ImageNet weights (downloads them)")
     pretrained_file: str | None = _opt(None, "start from ImageNet weights in this local file instead")
     image_size: int | None = _opt(None, "square input side; default: the preset's")
+    cnn_width: int | None = _opt(None, "cnn only: channels of its first convolution, doubled at each block; default 32")
     # optimisation
     epochs: int = _opt(12, "training epochs")
     freeze_epochs: int = _opt(0, "warm-up epochs that train only the classifier (backbone frozen)")

@@ -52,7 +52,8 @@ def train(config: TrainConfig) -> None:
         require_token()  # now, not after hours of training
     set_seed(config.seed)
     model = create_model(
-        config.model, pretrained=config.pretrained, pretrained_file=config.pretrained_file, image_size=config.image_size
+        config.model, pretrained=config.pretrained, pretrained_file=config.pretrained_file,
+        image_size=config.image_size, cnn_width=config.cnn_width,
     )
     data_config = data_config_of(model)
     with accelerator.main_process_first():  # the main process builds the datasets cache first

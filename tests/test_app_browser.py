@@ -1,0 +1,60 @@
+"""The app in a real browser: headless Chromium (Debian's, installed by `make setup-browser`),
+driven by Playwright, uploads an X-ray, waits for the bars and saves a screenshot."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import BUNDLED_MODEL, ROOT
+
+pytestmark = pytest.mark.slow
+SCREENSHOTS = ROOT / "test-artifacts"
+# Headless on a server: no sandbox (CI runs as root), no GPU, and nothing that phones home.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--no-first-run", "--metrics-recording-only",
+]
+
+
+@pytest.fixture(scope="module")
+def page():
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not chromium:
+        pytest.fail("no Chromium found: run `make setup-browser` (installs Debian's chromium) or set CHROMIUM=/path")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.set_default_timeout(90_000)
+        yield page
+        browser.close()
+
+
+def _recorded_p(image_name: str) -> float:
+    with (BUNDLED_MODEL / "predictions.csv").open() as f:
+        return next(float(r["p_pneumonia"]) for r in csv.DictReader(f) if r["split"] == "test" and r["file"] == image_name)
+
+
+def test_upload_shows_bars_decision_and_heatmap(page, app_url, data_dir, tmp_path):
+    page.goto(app_url)
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    page.set_input_files("input[type=file]", str(junk))
+    page.get_by_text("notes.png is not a readable image").first.wait_for()  # the message, in the page
+
+    page.goto(app_url)  # a fresh page, as a user who tries again
+    image = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[0]
+    page.set_input_files("input[type=file]", str(image))
+    bar = page.locator('[data-testid="PNEUMONIA-confidence-set"] meter')
+    bar.wait_for()
+    assert int(bar.get_attribute("aria-valuenow")) == round(100 * _recorded_p(image.name))
+    assert page.locator('[data-testid="NORMAL-confidence-set"]').count() == 1
+    page.get_by_text("operating threshold").first.wait_for()
+    page.locator("img[src*='/file=']").first.wait_for()  # the Grad-CAM overlay, served by the app
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "app-upload.png", full_page=True)
+    assert (SCREENSHOTS / "app-upload.png").stat().st_size > 10_000

@@ -43,7 +43,8 @@ EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 def model_summary() -> str:
     test = classifier.metrics.get("test")
     scores = f"test F1 {test['f1']:.3f}, ROC-AUC {test['roc_auc']:.3f} (n = {test['n']})" if test else "no test metrics"
-    return f"Model: `{MODEL_SOURCE}` ({scores}; threshold {classifier.threshold:.3f})."
+    name = "models/pneumonia-cnn (bundled)" if MODEL_SOURCE == str(DEFAULT_MODEL) else MODEL_SOURCE
+    return f"Model: `{name}` ({scores}; threshold {classifier.threshold:.3f})."
 
 
 def examples() -> list[str]:

@@ -186,6 +186,23 @@ def test_pretrained_file_loads_into_the_backbone(tmp_path):
     assert loaded.get_classifier().out_features == 2
 
 
+def test_cnn_width_is_saved_with_the_weights_and_rebuilt_on_load(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    model = pneumonia.create_model("cnn", cnn_width=8, image_size=64).eval()
+    assert [model.features[4 * i].out_channels for i in range(3)] == [8, 16, 32]
+    timm.models.save_for_hf(model, tmp_path, model_config={"label_names": list(pneumonia.LABEL_NAMES)},
+                            safe_serialization=True)
+    loaded = pneumonia.load_classifier(str(tmp_path))
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(pixels), model(pixels), atol=1e-6)
+    for preset, width in [("vgg16", 8), ("cnn", 0)]:
+        with pytest.raises(pneumonia.UsageError, match="--cnn-width"):
+            pneumonia.create_model(preset, cnn_width=width)
+
+
 def test_pretrained_offline_names_the_alternatives(monkeypatch):
     with pytest.raises(pneumonia.UsageError, match="--pretrained-file"):
         pneumonia.create_model("vgg16", pretrained=True)

@@ -69,3 +69,15 @@ def test_predict_reads_dicom_either_polarity(app, data_dir, tmp_path):
     mono2 = app.predict(str(_write_dicom(tmp_path / "a.dcm", xray, "MONOCHROME2")))
     mono1 = app.predict(str(_write_dicom(tmp_path / "b.dcm", 4095 - xray, "MONOCHROME1")))
     assert mono1 == pytest.approx(mono2, abs=1e-6) and sum(mono2.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_a_batch_answers_each_upload_as_if_alone(app, data_dir, tmp_path):
+    goods = [str(p) for p in sorted((data_dir / "test" / "PNEUMONIA").iterdir())[:3]]
+    gone = str(tmp_path / "deleted-after-upload.png")  # passed the check, then vanished
+    bars, words, heatmaps = app.classify_batch([goods[0], gone, *goods[1:]])
+    assert bars[1] is None and heatmaps[1] is None and "deleted-after-upload.png is not a readable image" in words[1]
+    for i, path in zip([0, 2, 3], goods):
+        alone = app.predict(path)
+        assert bars[i] == pytest.approx(alone, abs=1e-5) and heatmaps[i].mode == "RGB"
+        assert words[i] == app.decision(bars[i])

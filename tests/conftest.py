@@ -48,7 +48,6 @@ def link_subset(source: Path, target: Path, per_class: int, splits=("train", "te
     return target
 
 
-
 @pytest.fixture(scope="session")
 def app_url(data_dir):
     """One live server of the bundled model for the API and browser tests."""

@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.conftest import BUNDLED_MODEL, ROOT
 
@@ -22,11 +23,10 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def page():
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-dev.txt")
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
     if not chromium:
         pytest.fail("no Chromium found: run `make setup-browser` (installs Debian's chromium) or set CHROMIUM=/path")
-    with playwright_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.set_default_timeout(90_000)

@@ -16,8 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from pneumonia import POSITIVE_LABEL, load_classifier, open_image
-from pneumonia.gradcam import grad_cam, overlay
-from pneumonia.modeling import probabilities
+from pneumonia.gradcam import overlay
 from pneumonia.preprocessing import UnreadableImage
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-cnn"
@@ -90,12 +89,8 @@ def decision(probs: dict[str, float]) -> str:
 def explain(images: list[Image.Image]) -> list[tuple[dict[str, float], str, Image.Image]]:
     """Bars, decision and Grad-CAM overlay per image, from one forward (and backward) pass."""
     with model_lock:  # Grad-CAM hooks the shared model: one batch at a time uses it
-        logits, cams = grad_cam(classifier.model, classifier.pixels(images))
-    results = []
-    for image, p, cam in zip(images, probabilities(logits, classifier.temperature), cams):
-        probs = {name: float(value) for name, value in zip(classifier.label_names, p)}
-        results.append((probs, decision(probs), overlay(image, cam)))
-    return results
+        all_probs, cams = classifier.explain(images)
+    return [(probs, decision(probs), overlay(image, cam)) for image, probs, cam in zip(images, all_probs, cams)]
 
 
 def classify(image_path: str | None) -> tuple[dict[str, float], str, Image.Image]:

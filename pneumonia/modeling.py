@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import timm
 import torch
 from PIL import Image
 from torch import nn
 
+from pneumonia.gradcam import grad_cam
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, UsageError
 from pneumonia.preprocessing import build_transform, data_config_of
 
@@ -39,7 +41,15 @@ class Classifier:
         return probabilities(self.model(self.pixels(images)), self.temperature)
 
     def predict(self, image: Image.Image) -> dict[str, float]:
-        probs = self.predict_proba([image])[0]
+        return self._by_label(self.predict_proba([image])[0])
+
+    def explain(self, images: Sequence[Image.Image]) -> tuple[list[dict[str, float]], np.ndarray]:
+        """Calibrated probabilities and a Grad-CAM map (N, H, W) per image, from one forward
+        and one backward pass. It hooks the model: callers sharing it serialise their calls."""
+        logits, cams = grad_cam(self.model, self.pixels(images))
+        return [self._by_label(p) for p in probabilities(logits, self.temperature)], cams
+
+    def _by_label(self, probs: torch.Tensor) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.label_names, probs)}
 
     def decide(self, probs: dict[str, float]) -> str:

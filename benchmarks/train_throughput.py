@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pneumonia  # noqa: E402
-from pneumonia.preprocessing import Augment  # noqa: E402
+from pneumonia.augment import Augment  # noqa: E402
+from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train import data  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
@@ -57,7 +58,9 @@ def measure(preset: str, splits, steps: int, warmup: int, workers: int, rounds: 
     torch.manual_seed(0)
     model = pneumonia.create_model(preset)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    loader = data.make_loaders(splits, pneumonia.data_config_of(model), Augment(), config.batch_size, "loss", workers)["train"]
+    loader = data.make_loaders(
+        splits, pneumonia.data_config_of(model), XrayPreprocessing(), Augment(), config.batch_size, "loss", workers, 0
+    )["train"]
     cached = next(iter(loader))
     real, in_memory = [], []
     for _ in range(rounds):

@@ -37,7 +37,7 @@ def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL
     cams = nn.functional.interpolate(cams, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peaks = cams.amax(dim=(1, 2), keepdim=True)
     cams = torch.where(peaks > 0, cams / peaks.clamp_min(1e-12), cams)
-    return logits.detach(), cams.detach().numpy()
+    return logits.detach(), cams.detach().cpu().numpy()
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45, max_side: int = 512) -> Image.Image:
@@ -49,3 +49,17 @@ def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45, max_side: 
     heat = colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
     blended = (1 - alpha) * base[..., None] + alpha * heat
     return Image.fromarray(np.uint8(np.clip(blended, 0, 1) * 255), "RGB")
+
+
+# The central chest region (x 20-80%, y 10-85% of the film): where the lungs are.
+CHEST_BOX = (0.2, 0.1, 0.8, 0.85)
+
+
+def central_share(cams: np.ndarray, box: tuple[float, float, float, float] = CHEST_BOX) -> np.ndarray:
+    """Per map (N, H, W): the share of its mass inside ``box`` (left, top, right, bottom as
+    fractions). A uniform map scores the box's area, 0.45; a map on the lungs scores more."""
+    height, width = cams.shape[-2:]
+    left, top, right, bottom = box
+    inside = cams[:, round(top * height):round(bottom * height), round(left * width):round(right * width)]
+    total = cams.sum(axis=(1, 2))
+    return np.where(total > 0, inside.sum(axis=(1, 2)) / np.maximum(total, 1e-12), np.nan)

@@ -14,7 +14,7 @@ from torch import nn
 
 from pneumonia.gradcam import grad_cam
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, UsageError
-from pneumonia.preprocessing import build_transform, data_config_of
+from pneumonia.preprocessing import XrayPreprocessing, build_transform, data_config_of
 
 
 def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -84,7 +84,7 @@ def load_classifier(source: str) -> Classifier:
     model = timm.create_model(source, pretrained=True).eval()
     return Classifier(
         model=model,
-        transform=build_transform(data_config_of(model)),
+        transform=build_transform(data_config_of(model), XrayPreprocessing.from_config(config)),
         label_names=tuple(config.get("label_names") or LABEL_NAMES),
         threshold=float(config.get("threshold", 0.5)),
         temperature=float(config.get("temperature", 1.0)),

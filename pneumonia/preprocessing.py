@@ -6,8 +6,8 @@ is saved in its ``config.json``: training, evaluation and the app build the same
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 from torchvision import transforms as T
 
+from pneumonia.augment import Augment
+
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
@@ -24,13 +26,37 @@ class UnreadableImage(ValueError):
     """The bytes or file are not an image PIL can decode."""
 
 
-@dataclass(frozen=True)
-class Augment:
-    """The original Keras augmentation: ``shear_range=0.2, zoom_range=0.2, horizontal_flip``."""
+INTENSITY_CHOICES = ("none", "equalize", "clahe", "percentile")
 
-    shear: float = 0.2  # shear angle range in radians (Keras' unit), both directions
-    zoom: float = 0.2   # scale drawn from [1 - zoom, 1 + zoom]
-    hflip: float = 0.5  # probability of a horizontal flip
+
+@dataclass(frozen=True)
+class XrayPreprocessing:
+    """Deterministic steps every input gets (training, evaluation, the app), beyond timm's
+    resize and normalisation; saved in ``config.json`` so a loaded model applies the same.
+
+    ``intensity`` standardises the grey levels at the model's input size, so films from
+    another scanner (darker, flatter, another gamma) reach the model alike: ``equalize``
+    (global histogram equalisation, PIL), ``clahe`` (contrast-limited adaptive equalisation,
+    OpenCV) or ``percentile`` (the 1st..99th percentile stretched to the full range).
+    ``crop_borders`` cuts uniform black or white margins off the film before resizing.
+    """
+
+    intensity: str = "none"
+    crop_borders: bool = False
+
+    CONFIG_KEY = "xray_preprocessing"
+
+    def __post_init__(self):
+        if self.intensity not in INTENSITY_CHOICES:
+            raise ValueError(f"intensity {self.intensity!r}: choose one of {', '.join(INTENSITY_CHOICES)}")
+
+    def to_config(self) -> dict:
+        return {self.CONFIG_KEY: {"intensity": self.intensity, "crop_borders": self.crop_borders}}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "XrayPreprocessing":
+        """From a model folder's config.json; folders trained before it existed get none."""
+        return cls(**config.get(cls.CONFIG_KEY, {}))
 
 
 def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
@@ -112,19 +138,67 @@ def to_model_mode(image: Image.Image) -> Image.Image:
     return image.convert("L").convert("RGB")
 
 
+def crop_borders(image: Image.Image, max_share: float = 0.2) -> Image.Image:
+    """The film without uniform black or white margins (at most ``max_share`` of each side)."""
+    gray = np.asarray(image.convert("L"))
+    extreme = (gray <= 12) | (gray >= 243)
+    uniform_rows, uniform_cols = extreme.mean(axis=1) >= 0.97, extreme.mean(axis=0) >= 0.97
+    height, width = gray.shape
+    top, bottom = (_leading(lines, int(max_share * height)) for lines in (uniform_rows, uniform_rows[::-1]))
+    left, right = (_leading(lines, int(max_share * width)) for lines in (uniform_cols, uniform_cols[::-1]))
+    if not (top or bottom or left or right):
+        return image
+    return image.crop((left, top, width - right, height - bottom))
+
+
+def _leading(flags: np.ndarray, limit: int) -> int:
+    """How many of the first ``limit`` flags are set before the first unset one."""
+    unset = np.flatnonzero(~flags[:limit])
+    return int(unset[0]) if unset.size else limit
+
+
+def standardise_intensity(image: Image.Image, method: str) -> Image.Image:
+    """Grey levels brought to a common form; ``image`` is 8-bit grayscale content (L or RGB)."""
+    if method == "none":
+        return image
+    gray = image.convert("L")
+    if method == "equalize":
+        gray = ImageOps.equalize(gray)
+    elif method == "clahe":
+        import cv2  # opencv-python-headless
+
+        gray = Image.fromarray(cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(np.asarray(gray)))
+    elif method == "percentile":
+        values = np.asarray(gray, dtype=np.float32)
+        low, high = np.percentile(values, (1, 99))
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        gray = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))
+    else:
+        raise ValueError(f"unknown intensity standardisation {method!r}")
+    return gray.convert(image.mode)
+
+
 def data_config_of(model: nn.Module) -> dict[str, Any]:
     """The model's preprocessing numbers, from the timm pretrained config it carries."""
     return timm.data.resolve_model_data_config(model)
 
 
-def build_transform(data_config: dict[str, Any], augment: Augment | None = None) -> Callable:
-    """PIL image of any mode -> normalised tensor; with ``augment``, the training variant."""
+def build_transform(
+    data_config: dict[str, Any], preprocessing: XrayPreprocessing = XrayPreprocessing(), augment: Augment | None = None
+) -> Callable:
+    """PIL image of any mode -> normalised tensor; with ``augment``, the training variant.
+
+    Order: mode -> border crop -> timm resize -> [augmentation] -> intensity standardisation
+    -> tensor, normalise -> [erasing]. Standardising after the random intensity changes
+    lets the model see what every input will look like once standardised.
+    """
     steps = list(timm.data.create_transform(**data_config, is_training=False).transforms)
-    if augment is not None:
-        to_tensor = next(i for i, s in enumerate(steps) if type(s).__name__ in ("MaybeToTensor", "ToTensor"))
-        random_steps = [
-            T.RandomAffine(degrees=0, shear=math.degrees(augment.shear), scale=(1 - augment.zoom, 1 + augment.zoom)),
-            T.RandomHorizontalFlip(augment.hflip),
-        ]
-        steps[to_tensor:to_tensor] = random_steps
-    return T.Compose([to_model_mode, *steps])
+    to_tensor = next(i for i, s in enumerate(steps) if type(s).__name__ in ("MaybeToTensor", "ToTensor"))
+    image_steps = augment.image_steps(data_config["input_size"][-1]) if augment else []
+    if preprocessing.intensity != "none":
+        image_steps.append(partial(standardise_intensity, method=preprocessing.intensity))
+    steps[to_tensor:to_tensor] = image_steps
+    if augment:
+        steps += augment.tensor_steps()
+    first = [to_model_mode] + ([crop_borders] if preprocessing.crop_borders else [])
+    return T.Compose([*first, *steps])

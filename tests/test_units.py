@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import pneumonia
-from pneumonia.preprocessing import Augment, UnreadableImage
+from pneumonia.augment import Augment
+from pneumonia.preprocessing import UnreadableImage
 from train.config import TrainConfig, build_parser, parse_config
 from train.data import patient_id, split_by_patient
 from train.metrics import binary_metrics, choose_threshold, expected_calibration_error, fit_temperature

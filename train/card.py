@@ -15,11 +15,11 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
+from train.metrics import THRESHOLD_RULES  # noqa: E402
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 CARD_METRICS = {"f1": "F1", "precision": "Precision", "recall": "Recall (sensitivity)", "specificity": "Specificity",
                 "accuracy": "Accuracy", "roc_auc": "ROC-AUC"}
-THRESHOLD_RULES = {"f1": "best F1 on validation", "sensitivity95": "best specificity with sensitivity >= 0.95 on validation"}
 DEFAULT_DATASET_ID = "chest-xray-pneumonia"
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumonia.presets import PRESETS
+from pneumonia.preprocessing import INTENSITY_CHOICES
 
 
 def _opt(default, help: str, choices: tuple | None = None):
@@ -39,18 +40,30 @@ class TrainConfig:
     seed: int = _opt(42, "seed for the split, initialisation, order and augmentation")
     # data
     val_fraction: float = _opt(0.15, "share of train patients held out for validation")
+    augment: str = _opt(
+        "original", "augmentation: the original Keras recipe (shear, zoom, flip), or it plus the shift family "
+        "(blur/sharpen, resolution, gamma/contrast/brightness, resized crops, edge erasing)", ("original", "shift"),
+    )
     shear: float = _opt(0.2, "augmentation: shear range in radians (Keras shear_range)")
     zoom: float = _opt(0.2, "augmentation: zoom range (Keras zoom_range)")
     hflip: float = _opt(0.5, "augmentation: horizontal flip probability")
+    intensity: str = _opt("none", "intensity standardisation of every input (saved with the model)", INTENSITY_CHOICES)
+    crop_borders: bool = _opt(False, "crop uniform black/white film margins from every input (saved with the model)")
+    label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
+    shift_seed: int = _opt(2026, "seed of the shifted validation's perturbations (the same films for every run)")
     num_workers: int = _opt(2, "data loader worker processes")
     max_train_samples: int | None = _opt(None, "use a stratified subset of train (quick runs, tests)")
     max_eval_samples: int | None = _opt(None, "use a stratified subset of validation and test")
     # model selection and the operating point, all on validation
-    select_metric: str = _opt("roc_auc", "validation metric that picks the best epoch", ("roc_auc", "f1", "loss"))
-    threshold_rule: str = _opt(
-        "f1", "operating threshold on validation: best F1, or best specificity with sensitivity >= 0.95",
-        ("f1", "sensitivity95"),
+    select_metric: str = _opt(
+        "mean_roc_auc", "validation metric that picks the best epoch: mean of clean and shifted ROC-AUC, or one of them",
+        ("mean_roc_auc", "roc_auc", "shifted_roc_auc", "f1", "loss"),
     )
+    threshold_rule: str = _opt(
+        "balanced", "operating threshold: best balanced accuracy on clean + shifted validation, best F1 on "
+        "validation, or best specificity with sensitivity >= 0.95 on validation", ("balanced", "f1", "sensitivity95"),
+    )
+    weights_dtype: str = _opt("float32", "dtype of model.safetensors; float16 halves the file", ("float32", "float16"))
     # run control
     resume: bool = _opt(False, "continue the run in --output-dir from its last checkpoint")
     overwrite: bool = _opt(False, "replace a finished or different run in --output-dir")

@@ -4,16 +4,20 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from pneumonia.presets import LABEL_NAMES, UsageError
-from pneumonia.preprocessing import Augment, UnreadableImage, build_transform, open_image
+from pneumonia.augment import Augment
+from pneumonia.preprocessing import UnreadableImage, XrayPreprocessing, build_transform, open_image
+from train.shift import shifted_film
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +144,11 @@ class XrayDataset(torch.utils.data.Dataset):
     evaluation can gather them; the loss and the metrics ignore rows that are not readable.
     """
 
-    def __init__(self, rows: datasets.Dataset, transform: Callable, input_size: tuple[int, int, int]):
-        self.rows, self.transform, self.input_size = rows, transform, input_size
+    def __init__(
+        self, rows: datasets.Dataset, transform: Callable, input_size: tuple[int, int, int],
+        perturb: Callable[[Image.Image, str], Image.Image] | None = None,
+    ):
+        self.rows, self.transform, self.input_size, self.perturb = rows, transform, input_size, perturb
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -149,7 +156,10 @@ class XrayDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
         try:
-            pixels, readable = self.transform(open_image(row["image"])), True
+            image = open_image(row["image"])
+            if self.perturb is not None:
+                image = self.perturb(image, _file_name(row["image"], index))
+            pixels, readable = self.transform(image), True
         except UnreadableImage as err:
             logger.warning("skipping unreadable image %s", err)
             pixels, readable = torch.zeros(self.input_size), False
@@ -171,14 +181,16 @@ def load_data(source: str, val_fraction: float, seed: int, max_train: int | None
 
 
 def make_loaders(
-    splits: datasets.DatasetDict, data_config: dict, augment: Augment, batch_size: int, balance: str, num_workers: int
+    splits: datasets.DatasetDict, data_config: dict, preprocessing: XrayPreprocessing, augment: Augment,
+    batch_size: int, balance: str, num_workers: int, shift_seed: int,
 ) -> dict[str, torch.utils.data.DataLoader]:
-    """Shuffled (or class-balanced) augmented train loader; plain, ordered eval loaders."""
+    """Shuffled (or class-balanced) augmented train loader; plain, ordered eval loaders,
+    among them the shifted validation: the validation films, each with its fixed shift."""
     input_size = tuple(data_config["input_size"])
 
-    def loader(name: str, transform: Callable, **kwargs) -> torch.utils.data.DataLoader:
+    def loader(name: str, transform: Callable, perturb=None, **kwargs) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
-            XrayDataset(splits[name], transform, input_size), batch_size=batch_size,
+            XrayDataset(splits[name], transform, input_size, perturb), batch_size=batch_size,
             num_workers=num_workers, pin_memory=torch.cuda.is_available(), **kwargs,
         )
 
@@ -187,14 +199,20 @@ def make_loaders(
         labels = torch.tensor(splits["train"]["label"])
         per_class = 1.0 / torch.bincount(labels, minlength=len(LABEL_NAMES)).clamp_min(1).float()
         sampler = torch.utils.data.WeightedRandomSampler(per_class[labels], num_samples=len(labels))
-    evaluation = build_transform(data_config)
+    evaluation = build_transform(data_config, preprocessing)
+    training = build_transform(data_config, preprocessing, augment)
     return {
-        "train": loader("train", build_transform(data_config, augment), shuffle=sampler is None, sampler=sampler, drop_last=False),
+        "train": loader("train", training, shuffle=sampler is None, sampler=sampler, drop_last=False),
         "validation": loader("validation", evaluation),
+        "shifted_validation": loader("validation", evaluation, partial(shifted_film, seed=shift_seed)),
         "test": loader("test", evaluation),
     }
 
 
+def _file_name(image: dict, index: int) -> str:
+    return Path(image.get("path") or f"row{index}").name
+
+
 def file_names(rows: datasets.Dataset, indices) -> list[str]:
     images = rows.select_columns(["image"])
-    return [Path(images[int(i)]["image"]["path"] or f"row{int(i)}").name for i in indices]
+    return [_file_name(images[int(i)]["image"], int(i)) for i in indices]

@@ -1,6 +1,7 @@
 """Write a finished run as a Hub-ready timm model folder."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -16,7 +17,9 @@ from train.config import TrainConfig, save_config
 def write_model_folder(
     model: nn.Module, output_dir: Path, config: TrainConfig, operating_point: dict, metrics: dict
 ) -> None:
-    """config.json (timm format + labels, threshold, temperature), weights, metrics, config."""
+    """config.json (timm format + labels, threshold, temperature, preprocessing), weights, metrics, config."""
+    if config.weights_dtype == "float16":
+        model = copy.deepcopy(model).half()
     timm.models.save_for_hf(
         model,
         output_dir,

@@ -66,13 +66,24 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(best.x))
 
 
+THRESHOLD_RULES = {
+    "balanced": "best balanced accuracy on clean + shifted validation",
+    "f1": "best F1 on validation",
+    "sensitivity95": "best specificity with sensitivity >= 0.95 on validation",
+}
+
+
 def choose_threshold(labels: np.ndarray, p_positive: np.ndarray, rule: str) -> float:
     """Operating threshold on P(PNEUMONIA), chosen on validation.
 
-    ``f1``: the threshold with the best F1. ``sensitivity95``: among thresholds that
-    catch >= 95% of pneumonia cases, the one with the best specificity.
+    ``balanced``: the best balanced accuracy (sensitivity + specificity) / 2, which does not
+    depend on the share of pneumonia in the films. ``f1``: the best F1. ``sensitivity95``:
+    among thresholds that catch >= 95% of pneumonia cases, the one with the best specificity.
     """
     labels = np.asarray(labels).astype(int)
+    if rule == "balanced":
+        fpr, tpr, thresholds = skm.roc_curve(labels, p_positive)
+        return float(min(thresholds[int(np.argmax(tpr - fpr))], 1.0))
     if rule == "f1":
         precision, recall, thresholds = skm.precision_recall_curve(labels, p_positive)
         f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)

@@ -22,13 +22,16 @@ def class_weights(train_rows: datasets.Dataset, balance: str) -> torch.Tensor | 
 class WeightedCrossEntropy(nn.Module):
     """Class-weighted mean cross-entropy over the readable images of a batch."""
 
-    def __init__(self, weights: torch.Tensor | None):
+    def __init__(self, weights: torch.Tensor | None, label_smoothing: float = 0.0):
         super().__init__()
         self.register_buffer("weights", weights if weights is not None else torch.ones(len(LABEL_NAMES)))
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, readable: torch.Tensor) -> torch.Tensor:
         weights = self.weights.to(logits.device)[labels] * readable.float()
-        per_image = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        per_image = nn.functional.cross_entropy(
+            logits.float(), labels, reduction="none", label_smoothing=self.label_smoothing
+        )
         return (per_image * weights).sum() / weights.sum().clamp_min(1e-12)
 
 

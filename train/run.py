@@ -21,14 +21,16 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from pneumonia.augment import Augment
 from pneumonia.modeling import probabilities
 from pneumonia.presets import UsageError, create_model
-from pneumonia.preprocessing import Augment, data_config_of
+from pneumonia.preprocessing import XrayPreprocessing, data_config_of
 from train import checkpoints, data, optim
 from train.config import TrainConfig, parse_config
 from train.card import write_card
 from train.export import write_model_folder, write_predictions
 from train.hub import require_token
+from train.evaluation import epoch_metrics, gradcam_central_share, predict
 from train.metrics import binary_metrics, choose_threshold, fit_temperature
 from train.publish import publish
 
@@ -56,20 +58,23 @@ def train(config: TrainConfig) -> None:
         image_size=config.image_size, cnn_width=config.cnn_width,
     )
     data_config = data_config_of(model)
+    preprocessing = XrayPreprocessing(config.intensity, config.crop_borders)
     with accelerator.main_process_first():  # the main process builds the datasets cache first
         splits = data.load_data(
             config.dataset, config.val_fraction, config.seed, config.max_train_samples, config.max_eval_samples
         )
     loaders = data.make_loaders(
-        splits, data_config, Augment(config.shear, config.zoom, config.hflip),
-        config.batch_size, config.balance, config.num_workers,
+        splits, data_config, preprocessing, Augment(config.shear, config.zoom, config.hflip, config.augment),
+        config.batch_size, config.balance, config.num_workers, config.shift_seed,
     )
     output_dir = checkpoints.prepare_output_dir(config, accelerator)
-    loss_fn = optim.WeightedCrossEntropy(optim.class_weights(splits["train"], config.balance))
+    loss_fn = optim.WeightedCrossEntropy(optim.class_weights(splits["train"], config.balance), config.label_smoothing)
     optimizer = optim.make_optimizer(model, config, config.lr)
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, loaders["train"], loaders["validation"], loaders["test"]
+    validation_images = loaders["validation"].dataset  # for the Grad-CAM measure, unsharded
+    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(
+        model, optimizer, loaders["train"], loaders["validation"], loaders["shifted_validation"], loaders["test"]
     )
+    eval_loaders = dict(zip(("validation", "shifted_validation", "test"), eval_loaders))
     # Stepped by hand once per optimizer step, on the per-process loader length.
     scheduler = optim.make_scheduler(optimizer, config, steps_per_epoch=-(-len(train_loader) // config.grad_accum))
     state = checkpoints.TrainState()
@@ -82,8 +87,7 @@ def train(config: TrainConfig) -> None:
         set_seed(config.seed + epoch)  # same order and augmentation whether resumed or not
         started = time.time()
         train_stats = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config)
-        val_logits, val_labels, _ = predict(model, val_loader, accelerator)
-        val = epoch_metrics(val_logits, val_labels)
+        val = epoch_metrics(*(predict(model, eval_loaders[name], accelerator)[:2] for name in ("validation", "shifted_validation")))
         state.end_epoch(epoch, {**train_stats, **{f"val_{k}": v for k, v in val.items()}}, time.time() - started)
         if state.improved(val[config.select_metric], lower_is_better=config.select_metric == "loss"):
             checkpoints.save_best_weights(accelerator, model, output_dir, state)
@@ -93,7 +97,7 @@ def train(config: TrainConfig) -> None:
             accelerator.print(f"stopped after epoch {state.epoch}; continue with --resume")
             return
 
-    finish(model, val_loader, test_loader, splits, accelerator, output_dir, config, state)
+    finish(model, eval_loaders, validation_images, splits, accelerator, output_dir, config, state, preprocessing)
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config) -> dict:
@@ -117,43 +121,31 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, s
     return {"train_loss": loss_sum / max(seen, 1), "lr": scheduler.get_last_lr()[-1], "skipped_unreadable": int(skipped)}
 
 
-@torch.no_grad()
-def predict(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits, labels, dataset row indices) for every readable image, from all processes."""
-    model.eval()
-    parts = []
-    for batch in loader:
-        logits = model(batch["pixel_values"])
-        parts.append(accelerator.gather_for_metrics((logits.float(), batch["labels"], batch["index"], batch["readable"])))
-    logits, labels, index, readable = (torch.cat(column).cpu().numpy() for column in zip(*parts))
-    return logits[readable], labels[readable], index[readable]
-
-
-def epoch_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Per-epoch validation numbers (uncalibrated, threshold 0.5) for choosing the best epoch."""
-    probs = probabilities(torch.from_numpy(logits)).numpy()
-    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-    found = binary_metrics(labels, probs[:, 1], threshold=0.5)
-    return {"loss": nll, "roc_auc": found["roc_auc"], "f1": found["f1"], "accuracy": found["accuracy"]}
-
-
-def finish(model, val_loader, test_loader, splits, accelerator, output_dir, config, state) -> None:
-    """Best epoch's weights -> temperature and threshold on validation -> test once -> model folder."""
+def finish(model, eval_loaders, validation_images, splits, accelerator, output_dir, config, state, preprocessing) -> None:
+    """Best epoch's weights -> temperature and threshold on clean + shifted validation -> test
+    once -> model folder."""
     checkpoints.load_best_weights(accelerator, model, output_dir, state)
+    if config.weights_dtype == "float16":
+        round_to_float16(accelerator.unwrap_model(model))  # evaluate the weights that will be shipped
     checkpoints.check_replicas_agree(accelerator, model)
-    val_logits, val_labels, val_index = predict(model, val_loader, accelerator)
-    temperature = fit_temperature(val_logits, val_labels)
-    val_p = probabilities(torch.from_numpy(val_logits), temperature).numpy()[:, 1]
-    threshold = choose_threshold(val_labels, val_p, config.threshold_rule)
-    test_logits, test_labels, test_index = predict(model, test_loader, accelerator)  # the one look at test
-    test_p = probabilities(torch.from_numpy(test_logits), temperature).numpy()[:, 1]
+    outputs = {name: predict(model, eval_loaders[name], accelerator) for name in ("validation", "shifted_validation")}
+    pooled_logits = np.concatenate([logits for logits, _, _ in outputs.values()])
+    pooled_labels = np.concatenate([labels for _, labels, _ in outputs.values()])
+    temperature = fit_temperature(pooled_logits, pooled_labels)
+    p = {name: probabilities(torch.from_numpy(logits), temperature).numpy()[:, 1] for name, (logits, _, _) in outputs.items()}
+    if config.threshold_rule == "balanced":
+        threshold = choose_threshold(pooled_labels, np.concatenate(list(p.values())), "balanced")
+    else:
+        threshold = choose_threshold(outputs["validation"][1], p["validation"], config.threshold_rule)
+    outputs["test"] = predict(model, eval_loaders["test"], accelerator)  # the one look at test
+    p["test"] = probabilities(torch.from_numpy(outputs["test"][0]), temperature).numpy()[:, 1]
     if not accelerator.is_main_process:
         return
     operating_point = {"threshold": threshold, "temperature": temperature, "threshold_rule": config.threshold_rule}
     metrics = {
-        "validation": binary_metrics(val_labels, val_p, threshold),
-        "test": binary_metrics(test_labels, test_p, threshold),
+        **{name: binary_metrics(outputs[name][1], p[name], threshold) for name in outputs},
         **operating_point,
+        "gradcam_central_share": {"validation": gradcam_central_share(accelerator.unwrap_model(model), validation_images)},
         "best_epoch": state.best_epoch + 1,
         "epochs": config.epochs,
         "steps": state.step,
@@ -161,21 +153,29 @@ def finish(model, val_loader, test_loader, splits, accelerator, output_dir, conf
         "train_seconds": round(sum(h["seconds"] for h in state.history), 1),
         "history": state.history,
     }
-    write_model_folder(accelerator.unwrap_model(model), output_dir, config, operating_point, metrics)
+    write_model_folder(accelerator.unwrap_model(model), output_dir, config, {**operating_point, **preprocessing.to_config()}, metrics)
     write_predictions(output_dir / "predictions.csv", {
-        "validation": (data.file_names(splits["validation"], val_index), val_labels, val_p),
-        "test": (data.file_names(splits["test"], test_index), test_labels, test_p),
+        name: (data.file_names(splits["test" if name == "test" else "validation"], outputs[name][2]), outputs[name][1], p[name])
+        for name in outputs
     })
-    test = metrics["test"]
-    accelerator.print(
-        f"test: F1 {test['f1']:.3f}  precision {test['precision']:.3f}  recall {test['recall']:.3f}  "
-        f"specificity {test['specificity']:.3f}  ROC-AUC {test['roc_auc']:.3f}  accuracy {test['accuracy']:.3f}  "
-        f"(threshold {threshold:.3f}, temperature {temperature:.2f}) -> {output_dir}"
-    )
+    accelerator.print(summary_line("shifted validation", metrics["shifted_validation"]))
+    accelerator.print(summary_line("test", metrics["test"]) + f" (threshold {threshold:.3f}, temperature {temperature:.2f}) -> {output_dir}")
     if config.push_to_hub:  # renders the card for that repo, then uploads
         publish(output_dir, config.push_to_hub, private=config.hub_private)
     else:
         write_card(output_dir)
+
+
+def summary_line(name: str, found: dict) -> str:
+    return (f"{name}: F1 {found['f1']:.3f}  precision {found['precision']:.3f}  recall {found['recall']:.3f}  "
+            f"specificity {found['specificity']:.3f}  ROC-AUC {found['roc_auc']:.3f}  accuracy {found['accuracy']:.3f}")
+
+
+@torch.no_grad()
+def round_to_float16(model) -> None:
+    for tensor in model.state_dict().values():
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.half().float())
 
 
 def log_epoch(accelerator, output_dir: Path, entry: dict) -> None:
@@ -184,7 +184,8 @@ def log_epoch(accelerator, output_dir: Path, entry: dict) -> None:
             f.write(json.dumps(entry) + "\n")
     accelerator.print(
         f"epoch {entry['epoch']}: train loss {entry['train_loss']:.4f}  val loss {entry['val_loss']:.4f}  "
-        f"val ROC-AUC {entry['val_roc_auc']:.4f}  val F1@0.5 {entry['val_f1']:.4f}  ({entry['seconds']:.0f}s)"
+        f"val ROC-AUC {entry['val_roc_auc']:.4f} (shifted {entry['val_shifted_roc_auc']:.4f})  "
+        f"val F1@0.5 {entry['val_f1']:.4f}  ({entry['seconds']:.0f}s)"
     )
 
 

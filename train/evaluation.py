@@ -1,0 +1,54 @@
+"""Model outputs over a loader, and the numbers computed from them: shared by training and
+``train.evaluate``."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pneumonia.gradcam import central_share, grad_cam
+from pneumonia.modeling import probabilities
+from train.metrics import binary_metrics
+
+
+@torch.no_grad()
+def predict(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits, labels, dataset row indices) for every readable image, from all processes."""
+    model.eval()
+    parts = []
+    for batch in loader:
+        logits = model(batch["pixel_values"])
+        parts.append(accelerator.gather_for_metrics((logits.float(), batch["labels"], batch["index"], batch["readable"])))
+    if not parts:
+        return np.zeros((0, 2), np.float32), np.zeros(0, int), np.zeros(0, int)
+    logits, labels, index, readable = (torch.cat(column).cpu().numpy() for column in zip(*parts))
+    return logits[readable], labels[readable], index[readable]
+
+
+def quick_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Uncalibrated numbers at threshold 0.5, for choosing the best epoch."""
+    probs = probabilities(torch.from_numpy(logits)).numpy()
+    nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+    found = binary_metrics(labels, probs[:, 1], threshold=0.5)
+    return {"loss": nll, "roc_auc": found["roc_auc"], "f1": found["f1"], "accuracy": found["accuracy"]}
+
+
+def epoch_metrics(clean: tuple[np.ndarray, np.ndarray], shifted: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Clean and shifted validation numbers, and the mean ROC-AUC that picks the best epoch."""
+    found = quick_metrics(*clean)
+    found.update({f"shifted_{k}": v for k, v in quick_metrics(*shifted).items()})
+    found["mean_roc_auc"] = (found["roc_auc"] + found["shifted_roc_auc"]) / 2
+    return found
+
+
+def gradcam_central_share(model, dataset, limit: int = 120, batch_size: int = 16) -> float:
+    """Mean share of the PNEUMONIA Grad-CAM mass inside the central chest box, over up to
+    ``limit`` readable images spread evenly through ``dataset`` (an XrayDataset)."""
+    rows = np.linspace(0, len(dataset) - 1, num=min(limit, len(dataset))).round().astype(int)
+    shares = []
+    for start in range(0, len(rows), batch_size):
+        items = [dataset[int(i)] for i in rows[start:start + batch_size]]
+        pixels = torch.stack([item["pixel_values"] for item in items if item["readable"]])
+        if len(pixels):
+            shares.append(central_share(grad_cam(model, pixels.to(next(model.parameters()).device))[1]))
+    values = np.concatenate(shares) if shares else np.array([np.nan])
+    return float(np.nanmean(values))

@@ -29,6 +29,7 @@ TRAIN_RANGES: dict[str, tuple[float, float]] = {
 }
 EDGE_ERASE_SHARE = (0.04, 0.12)  # width of the erased strip, as a share of the side
 CROP_SCALE = (0.75, 1.0)         # random resized crop: share of the area kept
+CROP_RATIO = (0.85, 1.18)        # and its width / height
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Augment:
         """PIL steps at the model's input size, before intensity standardisation."""
         steps = []
         if self.family == "shift":
-            steps.append(T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=(0.85, 1.18), antialias=True))
+            steps.append(T.RandomResizedCrop(size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True))
         steps += [
             T.RandomAffine(degrees=0, shear=math.degrees(self.shear), scale=(1 - self.zoom, 1 + self.zoom)),
             T.RandomHorizontalFlip(self.hflip),

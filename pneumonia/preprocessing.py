@@ -184,7 +184,7 @@ def data_config_of(model: nn.Module) -> dict[str, Any]:
 
 
 def build_transform(
-    data_config: dict[str, Any], preprocessing: XrayPreprocessing = XrayPreprocessing(), augment: Augment | None = None
+    data_config: dict[str, Any], preprocessing: XrayPreprocessing = XrayPreprocessing(), *, augment: Augment | None = None
 ) -> Callable:
     """PIL image of any mode -> normalised tensor; with ``augment``, the training variant.
 

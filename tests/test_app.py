@@ -7,7 +7,9 @@ import sys
 
 import gradio as gr
 import pytest
+import torch
 
+import pneumonia
 from tests.conftest import run_cli
 
 
@@ -16,7 +18,7 @@ def app(data_dir, tmp_path_factory, monkeypatch_module):
     model_dir = tmp_path_factory.mktemp("model") / "cnn"
     result = run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(model_dir), "--epochs", "1",
                      "--max-train-samples", "24", "--max-eval-samples", "16", "--batch-size", "8",
-                     "--num-workers", "0", "--image-size", "96")
+                     "--num-workers", "0", "--image-size", "96", "--intensity", "clahe", "--crop-borders")
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch_module.setenv("PNEUMONIA_MODEL", str(model_dir))
     sys.modules.pop("app", None)
@@ -69,6 +71,38 @@ def test_predict_reads_dicom_either_polarity(app, data_dir, tmp_path):
     mono2 = app.predict(str(_write_dicom(tmp_path / "a.dcm", xray, "MONOCHROME2")))
     mono1 = app.predict(str(_write_dicom(tmp_path / "b.dcm", 4095 - xray, "MONOCHROME1")))
     assert mono1 == pytest.approx(mono2, abs=1e-6) and sum(mono2.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_full_resolution_upload_and_its_dicom_get_what_training_evaluation_gives(app, data_dir, tmp_path):
+    """A film as a hospital sends it (full resolution, 8-bit PNG or 12-bit DICOM, with a black
+    margin to crop): the app's answer equals training's evaluation path on the same file."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from pneumonia.preprocessing import XrayPreprocessing
+    from train.data import XrayDataset
+    from train.shift import dicom_bytes
+
+    film = Image.open(sorted((data_dir / "test" / "NORMAL").iterdir())[3]).convert("L").resize((1900, 1600), Image.BICUBIC)
+    framed = Image.new("L", (2000, 1700), 0)
+    framed.paste(film, (60, 40))
+    framed.save(tmp_path / "full.png")
+    (tmp_path / "full.dcm").write_bytes(dicom_bytes(np.asarray(framed, dtype=np.uint16) * 16, "MONOCHROME2"))
+
+    settings = json.loads((app.model_dir / "training_config.json").read_text())
+    training_eval = pneumonia.build_transform(  # as train/run.py builds its evaluation loaders
+        pneumonia.data_config_of(app.classifier.model), XrayPreprocessing(settings["intensity"], settings["crop_borders"]))
+    rows = [{"image": {"path": str(tmp_path / name), "bytes": None}, "label": 0} for name in ("full.png", "full.dcm")]
+    pixels = torch.stack([XrayDataset(rows, training_eval, (3, 96, 96))[i]["pixel_values"] for i in range(2)])
+    with torch.no_grad():
+        expected = pneumonia.probabilities(app.classifier.model(pixels), app.classifier.temperature)[:, 1]
+    from_png, from_dicom = (app.predict(str(tmp_path / name))["PNEUMONIA"] for name in ("full.png", "full.dcm"))
+    assert from_png == pytest.approx(float(expected[0]), abs=1e-5)
+    assert from_dicom == pytest.approx(float(expected[1]), abs=1e-5)
+    assert from_dicom == pytest.approx(from_png, abs=0.01)
 
 
 @pytest.mark.slow

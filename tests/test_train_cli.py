@@ -143,3 +143,18 @@ def test_frozen_warmup_leaves_the_pretrained_backbone_untouched(data_dir, tmp_pa
     assert torch.equal(trained[conv], source.state_dict()[conv])
     assert not torch.equal(trained["fc.weight"], pneumonia.create_model("resnet50").state_dict()["fc.weight"])
     assert json.loads((out / "config.json").read_text())["base_model"] == "timm/resnet50.a1_in1k"
+
+
+def test_float16_weights_halve_the_file_and_reload_to_the_recorded_probabilities(data_dir, tmp_path):
+    out = tmp_path / "half"
+    _ok(run_cli("--model", "resnet18_half", "--dataset", str(data_dir), "--output-dir", str(out), *TINY,
+                "--image-size", "64", "--weights-dtype", "float16"))
+    weights = load_file(out / "model.safetensors")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    classifier = pneumonia.load_classifier(str(out))  # timm loads them into float32 parameters
+    assert next(classifier.model.parameters()).dtype == torch.float32
+    with (out / "predictions.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    images = [pneumonia.open_image(data_dir / "test" / r["label"] / r["file"]) for r in rows]
+    recorded = torch.tensor([float(r["p_pneumonia"]) for r in rows])
+    assert torch.allclose(classifier.predict_proba(images)[:, 1], recorded, atol=1e-5)  # metrics are of the shipped weights

@@ -16,6 +16,7 @@ from pneumonia.preprocessing import UnreadableImage
 from train.config import TrainConfig, build_parser, parse_config
 from train.data import patient_id, split_by_patient
 from train.metrics import binary_metrics, choose_threshold, expected_calibration_error, fit_temperature
+from train.shift import dicom_bytes
 
 
 @pytest.mark.parametrize("name, patient", [
@@ -101,10 +102,10 @@ def test_transparent_pixels_become_black_background():
 def test_training_transform_without_augmentation_is_the_eval_transform():
     config = pneumonia.data_config_of(pneumonia.create_model("cnn"))
     image = Image.fromarray(_gradient(), "L")
-    no_aug = pneumonia.build_transform(config, Augment(shear=0.0, zoom=0.0, hflip=0.0))
+    no_aug = pneumonia.build_transform(config, augment=Augment(shear=0.0, zoom=0.0, hflip=0.0))
     assert torch.allclose(no_aug(image), pneumonia.build_transform(config)(image), atol=1e-6)
     torch.manual_seed(0)
-    augmented = pneumonia.build_transform(config, Augment())(image)
+    augmented = pneumonia.build_transform(config, augment=Augment())(image)
     assert augmented.shape == (3, 224, 224) and not torch.allclose(augmented, no_aug(image))
 
 
@@ -221,23 +222,7 @@ def test_hub_dataset_offline_gives_a_clear_error():
 
 
 def _write_dicom(path: Path, stored: np.ndarray, photometric: str, **extra) -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "CR"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    path.write_bytes(dicom_bytes(stored, photometric, **extra))
     return path
 
 

@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
+from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
 from train.metrics import THRESHOLD_RULES  # noqa: E402
 
@@ -21,6 +22,7 @@ TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 CARD_METRICS = {"f1": "F1", "precision": "Precision", "recall": "Recall (sensitivity)", "specificity": "Specificity",
                 "accuracy": "Accuracy", "roc_auc": "ROC-AUC"}
 DEFAULT_DATASET_ID = "chest-xray-pneumonia"
+SPLIT_TITLES = {"validation": "validation", "shifted_validation": "shifted validation", "test": "test"}
 
 
 def render_card(folder: Path, repo_id: str | None = None, space_id: str | None = None, dataset_id: str | None = None) -> ModelCard:
@@ -40,14 +42,7 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         base_model=base_model,
         tags=["image-classification", "timm", "medical-imaging", "chest-x-ray", "pneumonia", preset],
         model_name=repo_id.split("/")[-1],
-        eval_results=[
-            EvalResult(
-                task_type="image-classification", task_name="Pneumonia detection (chest X-ray)",
-                dataset_type=dataset_id, dataset_name="Chest X-Ray Images (Pneumonia), Kermany et al. 2018",
-                dataset_split="test", metric_type=name, metric_name=title, metric_value=metrics["test"][name],
-            )
-            for name, title in CARD_METRICS.items()
-        ],
+        eval_results=eval_results(metrics, dataset_id),
     )
     return ModelCard.from_template(
         card_data,
@@ -57,7 +52,12 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         space_id=space_id or "http://127.0.0.1:7860/",
         architecture=f"{PRESETS[preset].title} (timm `{PRESETS[preset].timm_name.split('.')[0]}`)",
         base_model=base_model,
-        splits=[("validation", metrics["validation"]), ("test", metrics["test"])],
+        splits=[(SPLIT_TITLES[name], metrics[name]) for name in SPLIT_TITLES if name in metrics],
+        external=sorted(metrics.get("external", {}).items()),
+        preprocessing=XrayPreprocessing.from_config(model_config),
+        augment=config.get("augment", "original"),
+        label_smoothing=config.get("label_smoothing", 0.0),
+        gradcam_share=metrics.get("gradcam_central_share", {}).get("validation"),
         threshold=metrics["threshold"],
         temperature=metrics["temperature"],
         threshold_rule=THRESHOLD_RULES[metrics["threshold_rule"]],
@@ -70,6 +70,21 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
     )
 
 
+def eval_results(metrics: dict, dataset_id: str) -> list[EvalResult]:
+    """model-index entries: the official test split, and each external data set evaluated."""
+    sets = [(dataset_id, "Chest X-Ray Images (Pneumonia), Kermany et al. 2018", "test", metrics["test"])]
+    sets += [(name, name, "test", found) for name, found in sorted(metrics.get("external", {}).items())]
+    return [
+        EvalResult(
+            task_type="image-classification", task_name="Pneumonia detection (chest X-ray)",
+            dataset_type=kind, dataset_name=title, dataset_split=split,
+            metric_type=name, metric_name=label, metric_value=found[name],
+        )
+        for kind, title, split, found in sets
+        for name, label in CARD_METRICS.items()
+    ]
+
+
 def write_card(folder: Path, repo_id: str | None = None, space_id: str | None = None, dataset_id: str | None = None) -> None:
     """README.md plus the confusion-matrix and ROC plots it shows."""
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -78,27 +93,29 @@ def write_card(folder: Path, repo_id: str | None = None, space_id: str | None = 
     render_card(folder, repo_id, space_id, dataset_id).save(folder / "README.md")
 
 
-def plot_confusion_matrix(counts: dict, path: Path) -> None:
+def plot_confusion_matrix(counts: dict, path: Path, title: str = "Test split") -> None:
     matrix = np.array([[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]])
     fig, ax = plt.subplots(figsize=(4, 3.6))
     ax.imshow(matrix, cmap="Blues")
     for (row, col), value in np.ndenumerate(matrix):
         ax.text(col, row, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=LABEL_NAMES, yticklabels=LABEL_NAMES,
-           xlabel="predicted", ylabel="true", title="Test split")
+           xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_roc(predictions: Path, path: Path) -> None:
+def plot_roc(predictions: Path, path: Path, splits: tuple[str, ...] = tuple(SPLIT_TITLES)) -> None:
     with predictions.open() as f:
         rows = list(csv.DictReader(f))
     fig, ax = plt.subplots(figsize=(4, 3.6))
-    for split in ("validation", "test"):
+    for split in splits:
         chosen = [r for r in rows if r["split"] == split]
+        if not chosen:
+            continue
         fpr, tpr, _ = roc_curve([r["label"] == "PNEUMONIA" for r in chosen], [float(r["p_pneumonia"]) for r in chosen])
-        ax.plot(fpr, tpr, label=split)
+        ax.plot(fpr, tpr, label=SPLIT_TITLES.get(split, split))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (PNEUMONIA positive)")
     ax.legend(loc="lower right")

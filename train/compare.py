@@ -1,29 +1,61 @@
-"""Compare finished runs on the test split, as a Markdown table.
+"""Compare finished runs, one row each: the command, validation, shifted validation and test.
 
     python -m train.compare runs/* [--output comparison.md]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-COLUMNS = ("precision", "recall", "specificity", "f1", "roc_auc", "accuracy")
+from train.checkpoints import RUN_CONTROL
+from train.config import TrainConfig, resolve
+
+TEST_COLUMNS = {"precision": "precision", "recall": "recall", "specificity": "specificity", "f1": "F1",
+                "roc_auc": "ROC-AUC", "accuracy": "accuracy", "ece": "ECE"}
+_NOT_RECIPE = RUN_CONTROL | {"dataset", "output_dir"}
+
+
+def command_of(config: dict) -> str:
+    """The `python -m train` flags that differ from the defaults (dataset and output left out)."""
+    defaults = dataclasses.asdict(resolve(TrainConfig(model=config["model"])))
+    flags = [f"--model {config['model']}"]
+    for key, value in config.items():
+        if key in _NOT_RECIPE or key == "model" or key not in defaults or value == defaults[key]:
+            continue
+        flag = "--" + key.replace("_", "-")
+        flags.append((flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag} {value}")
+    return " ".join(flags)
+
+
+def balanced_accuracy(found: dict) -> float:
+    return (found["recall"] + found["specificity"]) / 2
 
 
 def comparison_table(folders: list[Path]) -> str:
-    lines = [
-        "| run | model | start | test precision | test recall | test specificity | test F1 | test ROC-AUC | test accuracy | threshold |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["run", "flags", "train time", "val ROC-AUC", "shifted val ROC-AUC", "mean", "shifted val bal. acc.",
+              "Grad-CAM in chest box (val)", "threshold", *[f"test {title}" for title in TEST_COLUMNS.values()]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for folder in folders:
         metrics = json.loads((folder / "metrics.json").read_text())
         config = json.loads((folder / "training_config.json").read_text())
-        start = "ImageNet" if config.get("pretrained") or config.get("pretrained_file") else "scratch"
-        values = " | ".join(f"{metrics['test'][k]:.3f}" for k in COLUMNS)
-        lines.append(f"| {folder.name} | {config['model']} | {start} | {values} | {metrics['threshold']:.3f} |")
+        clean, shifted = metrics["validation"]["roc_auc"], metrics.get("shifted_validation", {}).get("roc_auc")
+        share = metrics.get("gradcam_central_share", {}).get("validation")
+        cells = [
+            folder.name, f"`{command_of(config)}`", f"{metrics['train_seconds'] / 60:.0f} min", f"{clean:.3f}",
+            _maybe(shifted), _maybe(None if shifted is None else (clean + shifted) / 2),
+            _maybe(balanced_accuracy(metrics["shifted_validation"]) if "shifted_validation" in metrics else None),
+            _maybe(share, "{:.0%}"), f"{metrics['threshold']:.3f}",
+            *[f"{metrics['test'][c]:.3f}" for c in TEST_COLUMNS],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _maybe(value: float | None, form: str = "{:.3f}") -> str:
+    return "–" if value is None else form.format(value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,10 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     if unfinished:
         print(f"error: not finished runs (no metrics.json): {', '.join(unfinished)}; train them or leave them out", file=sys.stderr)
         sys.exit(2)
-    table = comparison_table(args.folders)
+    write_comparison(args.folders, args.output)
+
+
+def write_comparison(folders: list[Path], output: Path | None) -> None:
+    table = comparison_table(folders)
     print(table, end="")
-    if args.output:
-        args.output.write_text(table)
+    if output:
+        output.write_text(table)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def make_loaders(
         per_class = 1.0 / torch.bincount(labels, minlength=len(LABEL_NAMES)).clamp_min(1).float()
         sampler = torch.utils.data.WeightedRandomSampler(per_class[labels], num_samples=len(labels))
     evaluation = build_transform(data_config, preprocessing)
-    training = build_transform(data_config, preprocessing, augment)
+    training = build_transform(data_config, preprocessing, augment=augment)
     return {
         "train": loader("train", training, shuffle=sampler is None, sampler=sampler, drop_last=False),
         "validation": loader("validation", evaluation),

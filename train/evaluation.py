@@ -7,7 +7,7 @@ import torch
 
 from pneumonia.gradcam import central_share, grad_cam
 from pneumonia.modeling import probabilities
-from train.metrics import binary_metrics
+from train.metrics import binary_metrics, choose_threshold, fit_temperature
 
 
 @torch.no_grad()
@@ -38,6 +38,23 @@ def epoch_metrics(clean: tuple[np.ndarray, np.ndarray], shifted: tuple[np.ndarra
     found.update({f"shifted_{k}": v for k, v in quick_metrics(*shifted).items()})
     found["mean_roc_auc"] = (found["roc_auc"] + found["shifted_roc_auc"]) / 2
     return found
+
+
+def p_positive(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Calibrated P(PNEUMONIA) per image."""
+    return probabilities(torch.from_numpy(logits), temperature).numpy()[:, 1]
+
+
+def choose_operating_point(clean: tuple, shifted: tuple, rule: str) -> dict:
+    """Temperature (NLL of clean + shifted validation) and threshold (by ``rule``) from the
+    (logits, labels, ...) outputs of the two validation sets."""
+    logits, labels = np.concatenate([clean[0], shifted[0]]), np.concatenate([clean[1], shifted[1]])
+    temperature = fit_temperature(logits, labels)
+    if rule == "balanced":  # on both: where films from another scanner still fall on the right side
+        threshold = choose_threshold(labels, p_positive(logits, temperature), rule)
+    else:
+        threshold = choose_threshold(clean[1], p_positive(clean[0], temperature), rule)
+    return {"threshold": threshold, "temperature": temperature, "threshold_rule": rule}
 
 
 def gradcam_central_share(model, dataset, limit: int = 120, batch_size: int = 16) -> float:

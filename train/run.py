@@ -15,14 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from pneumonia.augment import Augment
-from pneumonia.modeling import probabilities
 from pneumonia.presets import UsageError, create_model
 from pneumonia.preprocessing import XrayPreprocessing, data_config_of
 from train import checkpoints, data, optim
@@ -30,9 +28,12 @@ from train.config import TrainConfig, parse_config
 from train.card import write_card
 from train.export import write_model_folder, write_predictions
 from train.hub import require_token
-from train.evaluation import epoch_metrics, gradcam_central_share, predict
-from train.metrics import binary_metrics, choose_threshold, fit_temperature
+from train.evaluation import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
+from train.metrics import binary_metrics
 from train.publish import publish
+
+VALIDATION_SPLITS = ("validation", "shifted_validation")
+
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_config(argv)
@@ -87,7 +88,7 @@ def train(config: TrainConfig) -> None:
         set_seed(config.seed + epoch)  # same order and augmentation whether resumed or not
         started = time.time()
         train_stats = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config)
-        val = epoch_metrics(*(predict(model, eval_loaders[name], accelerator)[:2] for name in ("validation", "shifted_validation")))
+        val = epoch_metrics(*(predict(model, eval_loaders[name], accelerator)[:2] for name in VALIDATION_SPLITS))
         state.end_epoch(epoch, {**train_stats, **{f"val_{k}": v for k, v in val.items()}}, time.time() - started)
         if state.improved(val[config.select_metric], lower_is_better=config.select_metric == "loss"):
             checkpoints.save_best_weights(accelerator, model, output_dir, state)
@@ -128,20 +129,13 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
     if config.weights_dtype == "float16":
         round_to_float16(accelerator.unwrap_model(model))  # evaluate the weights that will be shipped
     checkpoints.check_replicas_agree(accelerator, model)
-    outputs = {name: predict(model, eval_loaders[name], accelerator) for name in ("validation", "shifted_validation")}
-    pooled_logits = np.concatenate([logits for logits, _, _ in outputs.values()])
-    pooled_labels = np.concatenate([labels for _, labels, _ in outputs.values()])
-    temperature = fit_temperature(pooled_logits, pooled_labels)
-    p = {name: probabilities(torch.from_numpy(logits), temperature).numpy()[:, 1] for name, (logits, _, _) in outputs.items()}
-    if config.threshold_rule == "balanced":
-        threshold = choose_threshold(pooled_labels, np.concatenate(list(p.values())), "balanced")
-    else:
-        threshold = choose_threshold(outputs["validation"][1], p["validation"], config.threshold_rule)
+    outputs = {name: predict(model, eval_loaders[name], accelerator) for name in VALIDATION_SPLITS}
+    operating_point = choose_operating_point(outputs["validation"], outputs["shifted_validation"], config.threshold_rule)
     outputs["test"] = predict(model, eval_loaders["test"], accelerator)  # the one look at test
-    p["test"] = probabilities(torch.from_numpy(outputs["test"][0]), temperature).numpy()[:, 1]
     if not accelerator.is_main_process:
         return
-    operating_point = {"threshold": threshold, "temperature": temperature, "threshold_rule": config.threshold_rule}
+    threshold, temperature = operating_point["threshold"], operating_point["temperature"]
+    p = {name: p_positive(logits, temperature) for name, (logits, _, _) in outputs.items()}
     metrics = {
         **{name: binary_metrics(outputs[name][1], p[name], threshold) for name in outputs},
         **operating_point,
@@ -153,13 +147,14 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
         "train_seconds": round(sum(h["seconds"] for h in state.history), 1),
         "history": state.history,
     }
-    write_model_folder(accelerator.unwrap_model(model), output_dir, config, {**operating_point, **preprocessing.to_config()}, metrics)
+    model_config = {**operating_point, **preprocessing.to_config()}
+    write_model_folder(accelerator.unwrap_model(model), output_dir, config, model_config, metrics)
+    rows_of = {"validation": splits["validation"], "shifted_validation": splits["validation"], "test": splits["test"]}
     write_predictions(output_dir / "predictions.csv", {
-        name: (data.file_names(splits["test" if name == "test" else "validation"], outputs[name][2]), outputs[name][1], p[name])
-        for name in outputs
+        name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
     })
     accelerator.print(summary_line("shifted validation", metrics["shifted_validation"]))
-    accelerator.print(summary_line("test", metrics["test"]) + f" (threshold {threshold:.3f}, temperature {temperature:.2f}) -> {output_dir}")
+    accelerator.print(f"{summary_line('test', metrics['test'])} (threshold {threshold:.3f}, T {temperature:.2f}) -> {output_dir}")
     if config.push_to_hub:  # renders the card for that repo, then uploads
         publish(output_dir, config.push_to_hub, private=config.hub_private)
     else:

@@ -28,7 +28,9 @@ SHIFT_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
     "contrast": ((0.6, 0.8), (1.2, 1.4)),
     "brightness": ((0.7, 0.82), (1.18, 1.3)),
 }
-CROP_SHARE = (0.05, 0.15)      # cut off one or two sides
+# Cut off one or two sides: one side leaves an aspect ratio below 0.84, two sides an area
+# below 71% or a ratio below 0.68, all outside the training crops (CROP_SCALE, CROP_RATIO).
+CROP_SHARE = (0.16, 0.25)
 ROTATION_DEGREES = (2.0, 8.0)  # either direction, black corners
 BORDER_SHARE = (0.03, 0.12)    # black margin added on one to four sides
 JPEG_QUALITY = (15, 40)

@@ -116,6 +116,15 @@ def test_reproduce_trains_each_preset_once_and_writes_the_table(data_dir, tmp_pa
     assert first.stdout.count("== ") == 2
     table = (root / "comparison.md").read_text().splitlines()
     assert len(table) == 4 and "`--model cnn --image-size 64 --epochs 1" in table[2] and "resnet18_half" in table[3]
+    # compare re-derives the run's own threshold from its predictions.csv, and another rule's
+    from train.compare import rethresholded
+
+    own = json.loads((root / "cnn" / "metrics.json").read_text())
+    assert rethresholded(root / "cnn", "balanced")["threshold"] == pytest.approx(own["threshold"], abs=1e-6)
+    again_test = rethresholded(root / "cnn", "balanced")["test"]
+    assert again_test["confusion_matrix"] == own["test"]["confusion_matrix"]
+    assert again_test["roc_auc"] == pytest.approx(own["test"]["roc_auc"], abs=1e-4)
+    assert rethresholded(root / "cnn", "f1")["threshold_rule"] == "f1"
     again = run_cli(*args, launcher=launcher)
     assert again.returncode == 0 and "== " not in again.stdout  # finished presets are not trained again
     bad = run_cli("--output-root", str(root), "--model", "cnn", launcher=launcher)

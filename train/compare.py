@@ -1,17 +1,22 @@
 """Compare finished runs, one row each: the command, validation, shifted validation and test.
 
-    python -m train.compare runs/* [--output comparison.md]
+    python -m train.compare runs/* [--output comparison.md] [--threshold-rule f1]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from pneumonia.presets import POSITIVE_LABEL
 from train.checkpoints import RUN_CONTROL
 from train.config import TrainConfig, resolve
+from train.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold
 
 TEST_COLUMNS = {"precision": "precision", "recall": "recall", "specificity": "specificity", "f1": "F1",
                 "roc_auc": "ROC-AUC", "accuracy": "accuracy", "ece": "ECE"}
@@ -34,12 +39,28 @@ def balanced_accuracy(found: dict) -> float:
     return (found["recall"] + found["specificity"]) / 2
 
 
-def comparison_table(folders: list[Path]) -> str:
+def rethresholded(folder: Path, rule: str) -> dict:
+    """The run's metrics.json with every split's numbers at the threshold ``rule`` picks on
+    validation, from its predictions.csv (calibrated as trained). What-if, never a choice on test."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    with (folder / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    split = {name: (np.array([r["label"] == POSITIVE_LABEL for r in rows if r["split"] == name], dtype=int),
+                    np.array([float(r["p_pneumonia"]) for r in rows if r["split"] == name]))
+             for name in ("validation", "shifted_validation", "test")}
+    chosen_on = ["validation", "shifted_validation"] if rule == "balanced" else ["validation"]
+    threshold = choose_threshold(np.concatenate([split[n][0] for n in chosen_on]),
+                                 np.concatenate([split[n][1] for n in chosen_on]), rule)
+    found = {name: binary_metrics(labels, p, threshold) for name, (labels, p) in split.items() if len(labels)}
+    return {**metrics, **found, "threshold": threshold, "threshold_rule": rule}
+
+
+def comparison_table(folders: list[Path], threshold_rule: str | None = None) -> str:
     header = ["run", "flags", "train time", "val ROC-AUC", "shifted val ROC-AUC", "mean", "shifted val bal. acc.",
               "Grad-CAM in chest box (val)", "threshold", *[f"test {title}" for title in TEST_COLUMNS.values()]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for folder in folders:
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = rethresholded(folder, threshold_rule) if threshold_rule else json.loads((folder / "metrics.json").read_text())
         config = json.loads((folder / "training_config.json").read_text())
         clean, shifted = metrics["validation"]["roc_auc"], metrics.get("shifted_validation", {}).get("roc_auc")
         share = metrics.get("gradcam_central_share", {}).get("validation")
@@ -62,16 +83,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="output folders of `python -m train`")
     parser.add_argument("--output", type=Path, help="also write the table to this Markdown file")
+    parser.add_argument("--threshold-rule", choices=tuple(THRESHOLD_RULES),
+                        help="show every split at the threshold this rule picks on validation instead of the run's own")
     args = parser.parse_args(argv)
     unfinished = [str(f) for f in args.folders if not (f / "metrics.json").is_file()]
     if unfinished:
         print(f"error: not finished runs (no metrics.json): {', '.join(unfinished)}; train them or leave them out", file=sys.stderr)
         sys.exit(2)
-    write_comparison(args.folders, args.output)
+    write_comparison(args.folders, args.output, args.threshold_rule)
 
 
-def write_comparison(folders: list[Path], output: Path | None) -> None:
-    table = comparison_table(folders)
+def write_comparison(folders: list[Path], output: Path | None, threshold_rule: str | None = None) -> None:
+    table = comparison_table(folders, threshold_rule)
     print(table, end="")
     if output:
         output.write_text(table)

@@ -57,18 +57,19 @@ def rethresholded(folder: Path, rule: str) -> dict:
 
 def comparison_table(folders: list[Path], threshold_rule: str | None = None) -> str:
     header = ["run", "flags", "train time", "val ROC-AUC", "shifted val ROC-AUC", "mean", "shifted val bal. acc.",
-              "Grad-CAM in chest box (val)", "threshold", *[f"test {title}" for title in TEST_COLUMNS.values()]]
+              "Grad-CAM in chest box (val: all / PNEUMONIA)", "threshold", *[f"test {title}" for title in TEST_COLUMNS.values()]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for folder in folders:
         metrics = rethresholded(folder, threshold_rule) if threshold_rule else json.loads((folder / "metrics.json").read_text())
         config = json.loads((folder / "training_config.json").read_text())
         clean, shifted = metrics["validation"]["roc_auc"], metrics.get("shifted_validation", {}).get("roc_auc")
-        share = metrics.get("gradcam_central_share", {}).get("validation")
+        shares = metrics.get("gradcam_central_share", {})
+        share = _maybe(shares.get("validation"), "{:.0%}") + " / " + _maybe(shares.get("validation_PNEUMONIA"), "{:.0%}")
         cells = [
             folder.name, f"`{command_of(config)}`", f"{metrics['train_seconds'] / 60:.0f} min", f"{clean:.3f}",
             _maybe(shifted), _maybe(None if shifted is None else (clean + shifted) / 2),
             _maybe(balanced_accuracy(metrics["shifted_validation"]) if "shifted_validation" in metrics else None),
-            _maybe(share, "{:.0%}"), f"{metrics['threshold']:.3f}",
+            share, f"{metrics['threshold']:.3f}",
             *[f"{metrics['test'][c]:.3f}" for c in TEST_COLUMNS],
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -138,7 +138,7 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
         **binary_metrics(labels, p, classifier.threshold),
         "skipped_unreadable": len(skipped),
         "threshold": classifier.threshold,
-        "gradcam_central_share": gradcam_central_share(accelerator.unwrap_model(model), images),
+        "gradcam_central_share": gradcam_central_share(accelerator.unwrap_model(model), images),  # all, and per label
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps({"data": name, **found, "skipped_files": skipped}, indent=2) + "\n")

@@ -7,6 +7,7 @@ import torch
 
 from pneumonia.gradcam import central_share, grad_cam
 from pneumonia.modeling import probabilities
+from pneumonia.presets import LABEL_NAMES
 from train.metrics import binary_metrics, choose_threshold, fit_temperature
 
 
@@ -57,15 +58,21 @@ def choose_operating_point(clean: tuple, shifted: tuple, rule: str) -> dict:
     return {"threshold": threshold, "temperature": temperature, "threshold_rule": rule}
 
 
-def gradcam_central_share(model, dataset, limit: int = 120, batch_size: int = 16) -> float:
-    """Mean share of the PNEUMONIA Grad-CAM mass inside the central chest box, over up to
-    ``limit`` readable images spread evenly through ``dataset`` (an XrayDataset)."""
+def gradcam_central_share(model, dataset, limit: int = 120, batch_size: int = 16) -> dict[str, float]:
+    """Mean share of the PNEUMONIA Grad-CAM mass inside the central chest box over up to
+    ``limit`` readable images spread evenly through ``dataset`` (an XrayDataset): over all of
+    them ("all") and per true label (on a NORMAL film the map shows the little evidence there is)."""
     rows = np.linspace(0, len(dataset) - 1, num=min(limit, len(dataset))).round().astype(int)
-    shares = []
+    shares, labels = [], []
     for start in range(0, len(rows), batch_size):
-        items = [dataset[int(i)] for i in rows[start:start + batch_size]]
-        pixels = torch.stack([item["pixel_values"] for item in items if item["readable"]])
-        if len(pixels):
-            shares.append(central_share(grad_cam(model, pixels.to(next(model.parameters()).device))[1]))
-    values = np.concatenate(shares) if shares else np.array([np.nan])
-    return float(np.nanmean(values))
+        items = [item for item in (dataset[int(i)] for i in rows[start:start + batch_size]) if item["readable"]]
+        if items:
+            pixels = torch.stack([item["pixel_values"] for item in items]).to(next(model.parameters()).device)
+            shares.append(central_share(grad_cam(model, pixels)[1]))
+            labels += [int(item["labels"]) for item in items]
+    shares, labels = (np.concatenate(shares), np.array(labels)) if shares else (np.array([np.nan]), np.array([-1]))
+    found = {"all": float(np.nanmean(shares))}
+    for index, name in enumerate(LABEL_NAMES):
+        if (labels == index).any():
+            found[name] = float(np.nanmean(shares[labels == index]))
+    return found

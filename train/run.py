@@ -139,7 +139,7 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
     metrics = {
         **{name: binary_metrics(outputs[name][1], p[name], threshold) for name in outputs},
         **operating_point,
-        "gradcam_central_share": {"validation": gradcam_central_share(accelerator.unwrap_model(model), validation_images)},
+        "gradcam_central_share": gradcam_shares(accelerator.unwrap_model(model), validation_images),
         "best_epoch": state.best_epoch + 1,
         "epochs": config.epochs,
         "steps": state.step,
@@ -159,6 +159,12 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
         publish(output_dir, config.push_to_hub, private=config.hub_private)
     else:
         write_card(output_dir)
+
+
+def gradcam_shares(model, validation_images) -> dict:
+    """{"validation": all films, "validation_NORMAL": ..., "validation_PNEUMONIA": ...}"""
+    shares = gradcam_central_share(model, validation_images)
+    return {"validation" if key == "all" else f"validation_{key}": value for key, value in shares.items()}
 
 
 def summary_line(name: str, found: dict) -> str:

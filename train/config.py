@@ -41,13 +41,13 @@ class TrainConfig:
     # data
     val_fraction: float = _opt(0.15, "share of train patients held out for validation")
     augment: str = _opt(
-        "original", "augmentation: the original Keras recipe (shear, zoom, flip), or it plus the shift family "
+        "shift", "augmentation: the original Keras recipe (shear, zoom, flip), or it plus the shift family "
         "(blur/sharpen, resolution, gamma/contrast/brightness, resized crops, edge erasing)", ("original", "shift"),
     )
     shear: float = _opt(0.2, "augmentation: shear range in radians (Keras shear_range)")
     zoom: float = _opt(0.2, "augmentation: zoom range (Keras zoom_range)")
     hflip: float = _opt(0.5, "augmentation: horizontal flip probability")
-    intensity: str = _opt("none", "intensity standardisation of every input (saved with the model)", INTENSITY_CHOICES)
+    intensity: str = _opt("equalize", "intensity standardisation of every input (saved with the model)", INTENSITY_CHOICES)
     crop_borders: bool = _opt(False, "crop uniform black/white film margins from every input (saved with the model)")
     label_smoothing: float = _opt(0.0, "label smoothing of the training loss")
     shift_seed: int = _opt(2026, "seed of the shifted validation's perturbations (the same films for every run)")

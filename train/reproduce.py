@@ -42,15 +42,14 @@ def run_flags(preset: str, output_dir: Path, train_flags: list[str]) -> list[str
 
 def main(argv: list[str] | None = None) -> None:
     args, train_flags = parse_args(argv)
-    finished = []
     for preset in args.presets:
         output_dir = args.output_root / preset
         if not (output_dir / "metrics.json").is_file():
             parse_config(run_flags(preset, output_dir, train_flags))  # bad flags fail before any training
             print(f"== {preset} -> {output_dir}", flush=True)
             train_main(run_flags(preset, output_dir, train_flags))
-        if (output_dir / "metrics.json").is_file():  # not when a run was time-boxed (--stop-after-epochs)
-            finished.append(output_dir)
+    # Every finished preset under the root, also from earlier calls (a time-boxed run is not finished).
+    finished = [args.output_root / p for p in PRESETS if (args.output_root / p / "metrics.json").is_file()]
     if finished:
         write_comparison(finished, args.output_root / "comparison.md")
     else:

@@ -19,7 +19,7 @@ from pneumonia import POSITIVE_LABEL, load_classifier, open_image
 from pneumonia.gradcam import overlay
 from pneumonia.preprocessing import UnreadableImage
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-cnn"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-resnet18-half"
 MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
 classifier = load_classifier(MODEL_SOURCE)  # once, at start-up
 model_lock = threading.Lock()
@@ -42,7 +42,7 @@ EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 def model_summary() -> str:
     test = classifier.metrics.get("test")
     scores = f"test F1 {test['f1']:.3f}, ROC-AUC {test['roc_auc']:.3f} (n = {test['n']})" if test else "no test metrics"
-    name = "models/pneumonia-cnn (bundled)" if MODEL_SOURCE == str(DEFAULT_MODEL) else MODEL_SOURCE
+    name = f"models/{DEFAULT_MODEL.name} (bundled)" if MODEL_SOURCE == str(DEFAULT_MODEL) else MODEL_SOURCE
     return f"Model: `{name}` ({scores}; threshold {classifier.threshold:.3f})."
 
 

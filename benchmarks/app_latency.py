@@ -100,7 +100,7 @@ def main() -> None:
           f"| {args.callers} callers req/s |")
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"bundled cnn (128 px)": str(ROOT / "models" / "pneumonia-cnn"),
+        models = {"bundled resnet18_half (128 px)": str(ROOT / "models" / "pneumonia-resnet18-half"),
                   "VGG16, random weights (224 px)": str(random_vgg16(Path(tmp) / "vgg16"))}
         for name, model in models.items():
             for batch_size in args.batch_sizes:

@@ -12,7 +12,7 @@ from tests.live_app import start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "chest_xray"
-BUNDLED_MODEL = ROOT / "models" / "pneumonia-cnn"
+BUNDLED_MODEL = ROOT / "models" / "pneumonia-resnet18-half"
 
 
 def pytest_configure(config):

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pneumonia
+from tests.conftest import BUNDLED_MODEL as BUNDLED
 from train.metrics import binary_metrics
-
-BUNDLED = Path(__file__).resolve().parents[1] / "models" / "pneumonia-cnn"
 
 
 def _rows(split: str) -> list[dict]:
@@ -31,7 +29,7 @@ def test_bundled_metrics_follow_from_its_predictions():
     metrics = json.loads((BUNDLED / "metrics.json").read_text())
     config = json.loads((BUNDLED / "config.json").read_text())
     assert config["threshold"] == metrics["threshold"] and config["label_names"] == ["NORMAL", "PNEUMONIA"]
-    for split in ("validation", "test"):
+    for split in ("validation", "shifted_validation", "test"):
         rows = _rows(split)
         labels = np.array([r["label"] == "PNEUMONIA" for r in rows], dtype=int)
         p = np.array([float(r["p_pneumonia"]) for r in rows])

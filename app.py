@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
 from pneumonia import POSITIVE_LABEL, load_classifier, open_image
+from pneumonia.backends import BACKENDS
 from pneumonia.gradcam import overlay
 from pneumonia.preprocessing import UnreadableImage
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-resnet18-half"
 MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
-classifier = load_classifier(MODEL_SOURCE)  # once, at start-up
-model_lock = threading.Lock()
+
+def _backend() -> str:
+    """Where /predict's logits come from: auto (int8 ONNX, else fp32 ONNX, else PyTorch), or one of them."""
+    value = os.environ.get("PNEUMONIA_BACKEND", "auto")
+    if value not in BACKENDS:
+        raise SystemExit(f"error: PNEUMONIA_BACKEND={value!r}: choose one of {', '.join(BACKENDS)}")
+    return value
+
+
+classifier = load_classifier(MODEL_SOURCE, backend=_backend())  # once, at start-up
+model_lock = threading.Lock()  # Grad-CAM hooks the PyTorch model: one batch at a time uses it
 
 
 def _max_batch_size() -> int:
@@ -43,7 +54,7 @@ def model_summary() -> str:
     test = classifier.metrics.get("test")
     scores = f"test F1 {test['f1']:.3f}, ROC-AUC {test['roc_auc']:.3f} (n = {test['n']})" if test else "no test metrics"
     name = f"models/{DEFAULT_MODEL.name} (bundled)" if MODEL_SOURCE == str(DEFAULT_MODEL) else MODEL_SOURCE
-    return f"Model: `{name}` ({scores}; threshold {classifier.threshold:.3f})."
+    return f"Model: `{name}` ({scores}; threshold {classifier.threshold:.3f}; answers from {classifier.backend})."
 
 
 def examples() -> list[str]:
@@ -71,10 +82,15 @@ def _open_or_message(image_path: str | None) -> Image.Image | str:
         return err.message
 
 
+def _answering():
+    """The PyTorch model is shared with Grad-CAM's hooks; an ONNX Runtime session is not."""
+    return nullcontext() if classifier.onnx_logits else model_lock
+
+
 def predict(image_path: str | None) -> dict[str, float]:
     """An image file -> calibrated probability per label, e.g. {"NORMAL": 0.1, "PNEUMONIA": 0.9}."""
     image = _open(image_path)
-    with model_lock:
+    with _answering():
         return classifier.predict(image)
 
 
@@ -86,16 +102,21 @@ def decision(probs: dict[str, float]) -> str:
             f"{classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the longer bar.")
 
 
-def explain(images: list[Image.Image]) -> list[tuple[dict[str, float], str, Image.Image]]:
-    """Bars, decision and Grad-CAM overlay per image, from one forward (and backward) pass."""
-    with model_lock:  # Grad-CAM hooks the shared model: one batch at a time uses it
-        all_probs, cams = classifier.explain(images)
-    return [(probs, decision(probs), overlay(image, cam)) for image, probs, cam in zip(images, all_probs, cams)]
+def classify(image_path: str | None) -> tuple[dict[str, float], str]:
+    """Probability bars and the decision in words."""
+    probs = predict(image_path)
+    return probs, decision(probs)
 
 
-def classify(image_path: str | None) -> tuple[dict[str, float], str, Image.Image]:
-    """Probability bars, the decision in words, and a Grad-CAM heat map of the PNEUMONIA score."""
-    return explain([_open(image_path)])[0]
+def heat_map(image_path: str | None) -> Image.Image:
+    """A Grad-CAM heat map of the PNEUMONIA score over the X-ray."""
+    return heat_maps([_open(image_path)])[0]
+
+
+def heat_maps(images: list[Image.Image]) -> list[Image.Image]:
+    with model_lock:
+        _, cams = classifier.explain(images)  # one forward and backward pass of the PyTorch model
+    return [overlay(image, cam) for image, cam in zip(images, cams)]
 
 
 def check_uploads(image: list[str | None]) -> list[list[dict]]:
@@ -125,14 +146,31 @@ def _read_batched_verdicts() -> None:
 _read_batched_verdicts()
 
 
-def classify_batch(image: list[str | None]) -> tuple[list, list, list]:
-    """The /predict endpoint: Gradio passes up to MAX_BATCH_SIZE queued uploads at once."""
+def _per_upload(image: list[str | None], answer_all) -> list:
+    """``answer_all(images)`` for the readable uploads of a batch; a message for the others.
+    check_uploads has turned bad files away; one that went bad since then fails alone."""
     opened = [_open_or_message(path) for path in image]
     images = [item for item in opened if isinstance(item, Image.Image)]
-    results = iter(explain(images) if images else [])
-    # check_uploads has turned bad files away; one that went bad since then fails alone.
-    rows = [next(results) if isinstance(item, Image.Image) else (None, item, None) for item in opened]
+    answers = iter(answer_all(images) if images else [])
+    return [next(answers) if isinstance(item, Image.Image) else item for item in opened]
+
+
+def classify_batch(image: list[str | None]) -> tuple[list, list]:
+    """The /predict endpoint: bars and decision for up to MAX_BATCH_SIZE queued uploads, from
+    one forward pass (ONNX Runtime when the model folder has it)."""
+    def answer_all(images):
+        with _answering():
+            return classifier.predict_many(images)
+
+    rows = [(found, decision(found)) if isinstance(found, dict) else (None, found)
+            for found in _per_upload(image, answer_all)]
     return tuple(list(column) for column in zip(*rows))
+
+
+def heat_map_batch(image: list[str | None]) -> tuple[list]:
+    """The /heatmap endpoint, which the page calls once the answer is shown: Grad-CAM
+    overlays for up to MAX_BATCH_SIZE uploads from one PyTorch forward and backward pass."""
+    return ([found if isinstance(found, Image.Image) else None for found in _per_upload(image, heat_maps)],)
 
 
 with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
@@ -148,13 +186,12 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     example_files = examples()
     if example_files:
         gr.Examples(example_files, inputs=upload)
-    upload.change(
-        classify_batch, inputs=upload, outputs=[bars, verdict, heatmap], api_name="predict",
-        validator=check_uploads, batch=True, max_batch_size=MAX_BATCH_SIZE,
-        # One batch at a time: the model is shared, and requests that arrive meanwhile
-        # gather into the next batch instead of a second, smaller one waiting on the lock.
-        concurrency_limit=1,
-    )
+    # The answer first; the heat map (PyTorch, forward and backward) follows and never holds
+    # it up. Each step runs one batch at a time: requests that arrive meanwhile gather into
+    # the next batch instead of a second, smaller one waiting on the model.
+    batched = {"validator": check_uploads, "batch": True, "max_batch_size": MAX_BATCH_SIZE, "concurrency_limit": 1}
+    answered = upload.change(classify_batch, inputs=upload, outputs=[bars, verdict], api_name="predict", **batched)
+    answered.success(heat_map_batch, inputs=upload, outputs=heatmap, api_name="heatmap", **batched)
     demo.queue(max_size=64)
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from pneumonia import backends
 from pneumonia.gradcam import grad_cam
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, UsageError
 from pneumonia.preprocessing import XrayPreprocessing, build_transform, data_config_of
@@ -31,6 +32,8 @@ class Classifier:
     temperature: float   # fitted on validation
     config: dict         # the folder's config.json
     metrics: dict        # the folder's metrics.json ({} when absent)
+    backend: str = "pytorch"                                       # where predict's logits come from
+    onnx_logits: Callable[[torch.Tensor], torch.Tensor] | None = None  # ONNX Runtime, when backend is onnx-*
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The model's input batch (N, 3, H, W), preprocessed as in training's evaluation."""
@@ -38,14 +41,20 @@ class Classifier:
 
     @torch.inference_mode()
     def predict_proba(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return probabilities(self.model(self.pixels(images)), self.temperature)
+        pixels = self.pixels(images)
+        logits = self.onnx_logits(pixels) if self.onnx_logits else self.model(pixels)
+        return probabilities(logits, self.temperature)
+
+    def predict_many(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
+        return [self._by_label(p) for p in self.predict_proba(images)]
 
     def predict(self, image: Image.Image) -> dict[str, float]:
         return self._by_label(self.predict_proba([image])[0])
 
     def explain(self, images: Sequence[Image.Image]) -> tuple[list[dict[str, float]], np.ndarray]:
         """Calibrated probabilities and a Grad-CAM map (N, H, W) per image, from one forward
-        and one backward pass. It hooks the model: callers sharing it serialise their calls."""
+        and one backward pass of the PyTorch model (whatever the backend). It hooks the
+        model: callers sharing it serialise their calls."""
         logits, cams = grad_cam(self.model, self.pixels(images))
         return [self._by_label(p) for p in probabilities(logits, self.temperature)], cams
 
@@ -60,28 +69,47 @@ class Classifier:
         return next(name for name in self.label_names if name != POSITIVE_LABEL)
 
 
-def _read_json(source: str, name: str) -> dict | None:
-    """A JSON file of a local model folder or an ``hf-hub:`` repo; None when it has none."""
+def _file(source: str, name: str) -> Path | None:
+    """A file of a local model folder or an ``hf-hub:`` repo (downloaded); None when it has none."""
     if source.startswith("hf-hub:"):
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
         try:
-            return json.loads(Path(hf_hub_download(source.removeprefix("hf-hub:"), name)).read_text())
+            return Path(hf_hub_download(source.removeprefix("hf-hub:"), name))
         except EntryNotFoundError:
             return None
     path = Path(source.removeprefix("local-dir:")) / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    return path if path.is_file() else None
 
 
-def load_classifier(source: str) -> Classifier:
-    """A model folder written by training (local path, ``local-dir:`` or ``hf-hub:``), ready to predict."""
+def _read_json(source: str, name: str) -> dict | None:
+    path = _file(source, name)
+    return json.loads(path.read_text()) if path else None
+
+
+def _onnx_backend(source: str, backend: str) -> tuple[str, Path | None]:
+    """The backend to use and its ONNX file: the best available one for ``auto``."""
+    for candidate in backends.candidates(backend):
+        path = _file(source, backends.ONNX_FILES[candidate])
+        if path:
+            return candidate, path
+    if backend in backends.ONNX_FILES:
+        raise UsageError(f"{source} has no {backends.ONNX_FILES[backend]}: export it with "
+                         f"`python -m train.export_onnx FOLDER`, or use the pytorch backend")
+    return "pytorch", None
+
+
+def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
+    """A model folder written by training (local path, ``local-dir:`` or ``hf-hub:``), ready to
+    predict. ``backend``: pytorch, onnx-int8, onnx-fp32, or auto (int8, else fp32 ONNX, else PyTorch)."""
     if not source.startswith("hf-hub:"):
         source = f"local-dir:{source.removeprefix('local-dir:')}"
     config = _read_json(source, "config.json")
     if config is None:
         raise UsageError(f"{source}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
     model = timm.create_model(source, pretrained=True).eval()
+    chosen, onnx_file = _onnx_backend(source, backend)
     return Classifier(
         model=model,
         transform=build_transform(data_config_of(model), XrayPreprocessing.from_config(config)),
@@ -90,4 +118,6 @@ def load_classifier(source: str) -> Classifier:
         temperature=float(config.get("temperature", 1.0)),
         config=config,
         metrics=_read_json(source, "metrics.json") or {},
+        backend=chosen,
+        onnx_logits=backends.OnnxLogits(onnx_file) if onnx_file else None,
     )

@@ -6,6 +6,7 @@ import importlib
 import sys
 
 import gradio as gr
+import numpy as np
 import pytest
 import torch
 
@@ -18,7 +19,8 @@ def app(data_dir, tmp_path_factory, monkeypatch_module):
     model_dir = tmp_path_factory.mktemp("model") / "cnn"
     result = run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(model_dir), "--epochs", "1",
                      "--max-train-samples", "24", "--max-eval-samples", "16", "--batch-size", "8",
-                     "--num-workers", "0", "--image-size", "96", "--intensity", "clahe", "--crop-borders")
+                     "--num-workers", "0", "--image-size", "96", "--intensity", "clahe", "--crop-borders",
+                     "--no-export-onnx")  # a folder without ONNX files still serves, on PyTorch
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch_module.setenv("PNEUMONIA_MODEL", str(model_dir))
     sys.modules.pop("app", None)
@@ -42,12 +44,15 @@ def test_predict_matches_the_training_evaluation(app, data_dir):
         assert set(probs) == {"NORMAL", "PNEUMONIA"}
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
         assert probs["PNEUMONIA"] == pytest.approx(float(row["p_pneumonia"]), abs=1e-5)
-    bars, words, heatmap = app.classify(str(data_dir / "test" / rows[0]["label"] / rows[0]["file"]))
-    assert bars == app.predict(str(data_dir / "test" / rows[0]["label"] / rows[0]["file"]))
+    first = str(data_dir / "test" / rows[0]["label"] / rows[0]["file"])
+    bars, words = app.classify(first)
+    assert bars == app.predict(first)
     assert ("NORMAL" in words or "PNEUMONIA" in words) and "threshold" in words
+    heatmap = app.heat_map(first)
     assert heatmap.mode == "RGB" and heatmap.size == (224, 224)  # the test X-rays are 224 px
     metrics = app.classifier.metrics["test"]
     assert f"test F1 {metrics['f1']:.3f}, ROC-AUC {metrics['roc_auc']:.3f}" in app.model_summary()
+    assert app.classifier.backend == "pytorch" and "answers from pytorch" in app.model_summary()
 
 
 @pytest.mark.slow
@@ -109,9 +114,10 @@ def test_full_resolution_upload_and_its_dicom_get_what_training_evaluation_gives
 def test_a_batch_answers_each_upload_as_if_alone(app, data_dir, tmp_path):
     goods = [str(p) for p in sorted((data_dir / "test" / "PNEUMONIA").iterdir())[:3]]
     gone = str(tmp_path / "deleted-after-upload.png")  # passed the check, then vanished
-    bars, words, heatmaps = app.classify_batch([goods[0], gone, *goods[1:]])
+    bars, words = app.classify_batch([goods[0], gone, *goods[1:]])
+    (heatmaps,) = app.heat_map_batch([goods[0], gone, *goods[1:]])
     assert bars[1] is None and heatmaps[1] is None and "deleted-after-upload.png is not a readable image" in words[1]
     for i, path in zip([0, 2, 3], goods):
         alone = app.predict(path)
-        assert bars[i] == pytest.approx(alone, abs=1e-5) and heatmaps[i].mode == "RGB"
-        assert words[i] == app.decision(bars[i])
+        assert bars[i] == pytest.approx(alone, abs=1e-5) and words[i] == app.decision(bars[i])
+        assert np.allclose(np.asarray(heatmaps[i], float), np.asarray(app.heat_map(path), float), atol=2)

@@ -1,12 +1,15 @@
 """The app as users meet it: a live server started by the test, called with gradio_client."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import ValidationError
 from PIL import Image
 
+import pneumonia
 from tests.conftest import BUNDLED_MODEL as BUNDLED
 from tests.test_units import _write_dicom
 
@@ -24,13 +27,17 @@ def _p_pneumonia(label: dict) -> float:
 
 def test_real_xrays_and_dicom_through_the_api(server, data_dir, tmp_path):
     image = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[0]
-    label, decision, heatmap = server.predict(handle_file(str(image)), api_name="/predict")
+    label, decision = server.predict(handle_file(str(image)), api_name="/predict")
+    # served by the bundled int8 ONNX model: what it gives in-process, and within its parity with PyTorch
+    int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").predict(pneumonia.open_image(image))
+    assert _p_pneumonia(label) == pytest.approx(int8["PNEUMONIA"], abs=1e-5)
     recorded = next(line.split(",")[3] for line in (BUNDLED / "predictions.csv").read_text().splitlines()
                     if line.startswith(f"test,{image.name},"))
-    assert _p_pneumonia(label) == pytest.approx(float(recorded), abs=1e-5)
+    parity = json.loads((BUNDLED / "metrics.json").read_text())["onnx"]["int8"]
+    assert abs(_p_pneumonia(label) - float(recorded)) <= parity["max_abs_dp"] + 1e-6
     assert "threshold" in decision
-    with Image.open(heatmap) as shown:
-        assert shown.mode == "RGB"
+    with Image.open(server.predict(handle_file(str(image)), api_name="/heatmap")) as shown:
+        assert shown.mode == "RGB" and shown.size == (224, 224)
     xray = np.asarray(Image.open(image).convert("L"), dtype=np.uint16) * 16
     mono1 = server.predict(handle_file(str(_write_dicom(tmp_path / "m1.dcm", 4095 - xray, "MONOCHROME1"))), api_name="/predict")
     mono2 = server.predict(handle_file(str(_write_dicom(tmp_path / "m2.dcm", xray, "MONOCHROME2"))), api_name="/predict")
@@ -54,7 +61,9 @@ def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, data_dir,
             server.predict(handle_file(str(bad)), api_name="/predict")
     with pytest.raises(ValidationError, match="No image received"):
         server.predict(None, api_name="/predict")
-    label, _, _ = server.predict(handle_file(str(good)), api_name="/predict")
+    with pytest.raises(ValidationError, match="notes.png is not a readable image"):
+        server.predict(handle_file(str(tmp_path / "notes.png")), api_name="/heatmap")
+    label, _ = server.predict(handle_file(str(good)), api_name="/predict")
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
 

@@ -58,6 +58,8 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         augment=config.get("augment", "original"),
         label_smoothing=config.get("label_smoothing", 0.0),
         gradcam_share=metrics.get("gradcam_central_share", {}).get("validation"),
+        onnx=metrics.get("onnx"),
+        onnx_files=[name for name in ("model.onnx", "model.int8.onnx") if (folder / name).is_file()],
         gradcam_share_pneumonia=metrics.get("gradcam_central_share", {}).get("validation_PNEUMONIA"),
         threshold=metrics["threshold"],
         temperature=metrics["temperature"],

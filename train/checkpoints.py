@@ -15,7 +15,7 @@ from pneumonia.presets import UsageError
 from train.config import TrainConfig, save_config
 
 # Settings that may change between a run and its --resume without changing the result.
-RUN_CONTROL = {"resume", "overwrite", "stop_after_epochs", "num_workers", "push_to_hub", "hub_private"}
+RUN_CONTROL = {"resume", "overwrite", "stop_after_epochs", "num_workers", "push_to_hub", "hub_private", "export_onnx"}
 
 
 @dataclass

@@ -63,6 +63,7 @@ class TrainConfig:
         "balanced", "operating threshold: best balanced accuracy on clean + shifted validation, best F1 on "
         "validation, or best specificity with sensitivity >= 0.95 on validation", ("balanced", "f1", "sensitivity95"),
     )
+    export_onnx: bool = _opt(True, "also write model.onnx and a parity-checked model.int8.onnx (train.export_onnx)")
     weights_dtype: str = _opt("float32", "dtype of model.safetensors; float16 halves the file", ("float32", "float16"))
     # run control
     resume: bool = _opt(False, "continue the run in --output-dir from its last checkpoint")

@@ -9,10 +9,11 @@ from pneumonia.presets import UsageError
 
 
 def push_folder(
-    folder: Path, repo_id: str, files: list[str], *, repo_type: str = "model", private: bool = False,
-    dry_run: bool = False, commit_message: str = "Upload from the pneumonia-xray project",
+    folder: Path, repo_id: str, files: list[str], *, optional: list[str] = (), repo_type: str = "model",
+    private: bool = False, dry_run: bool = False, commit_message: str = "Upload from the pneumonia-xray project",
 ) -> str | None:
-    """Upload exactly ``files`` (paths relative to ``folder``) to ``repo_id``; returns the repo URL.
+    """Upload exactly ``files`` and those of ``optional`` that exist (paths relative to
+    ``folder``) to ``repo_id``; returns the repo URL.
 
     Everything that can fail here fails before the first request; the upload itself is a
     single commit, so a failure leaves the repo as it was.
@@ -20,6 +21,7 @@ def push_folder(
     missing = [name for name in files if not any(folder.glob(name))]
     if missing:
         raise UsageError(f"{folder} is incomplete (missing {', '.join(missing)}): train or build it again, then push")
+    files = [*files, *(name for name in optional if any(folder.glob(name)))]
     where = f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
     if dry_run:
         print(f"dry run: would upload to {where} ({'private' if private else 'public'} {repo_type} repo):")

@@ -17,6 +17,7 @@ MODEL_FILES = [
     "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
     "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png",
 ]
+ONNX_MODEL_FILES = ["model.onnx", "model.int8.onnx"]  # pushed when `train.export_onnx` wrote them
 _NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
 
 
@@ -27,8 +28,8 @@ def publish(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool 
     if missing:
         raise UsageError(f"{folder} is not a finished training run (missing {', '.join(missing)}): train it first")
     write_card(folder, repo_id=repo_id, space_id=space_id, dataset_id=dataset_id)
-    return push_folder(folder, repo_id, MODEL_FILES, private=private, dry_run=dry_run,
-                       commit_message=f"Upload {folder.name} (pneumonia-xray)")
+    return push_folder(folder, repo_id, MODEL_FILES, optional=ONNX_MODEL_FILES, private=private,
+                       dry_run=dry_run, commit_message=f"Upload {folder.name} (pneumonia-xray)")
 
 
 def main(argv: list[str] | None = None) -> None:

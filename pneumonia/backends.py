@@ -1,0 +1,46 @@
+"""Where a classifier's logits come from: the PyTorch model, or ONNX Runtime (fp32 or int8).
+
+The ONNX files sit beside ``model.safetensors`` in a model folder (``train.export_onnx``
+writes them). Grad-CAM always runs on the PyTorch model: it needs gradients.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("auto", "onnx-int8", "onnx-fp32", "pytorch")
+ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx-fp32": "model.onnx"}
+
+
+class OnnxLogits:
+    """Logits (N, classes) of a preprocessed batch from an ONNX Runtime CPU session."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or int(os.environ.get("PNEUMONIA_ONNX_THREADS", "0"))
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: pixels.numpy()})[0])
+
+
+def candidates(backend: str) -> list[str]:
+    """The ONNX backends to try, best first, for a requested ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return ["onnx-int8", "onnx-fp32"] if onnxruntime_installed() else []
+    return [backend] if backend in ONNX_FILES else []
+
+
+def onnxruntime_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True

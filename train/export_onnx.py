@@ -1,0 +1,150 @@
+"""Export a trained model folder to ONNX: fp32, and static int8 checked for parity with PyTorch.
+
+    python -m train.export_onnx runs/cnn [--dataset ../shared/data/chest_xray] [--calibration-images 256]
+
+Writes ``model.onnx`` (fp32) and ``model.int8.onnx`` (static int8: QDQ, per-channel int8
+weights, uint8 activations, calibrated on training films through the model's own
+preprocessing) into the folder, and records their parity with the PyTorch model on the test
+split in ``metrics.json`` ("onnx"). An int8 model that misses the parity bar (decisions
+identical on at least 99% of films, mean |ΔP(PNEUMONIA)| at most 0.01) is not kept: the
+folder then serves fp32 ONNX.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+import pneumonia
+from pneumonia.backends import ONNX_FILES, OnnxLogits
+from pneumonia.presets import UsageError
+from train.data import XrayDataset, load_splits, subsample
+
+PARITY_BAR = {"decision_agreement": 0.99, "mean_abs_dp": 0.01}
+INPUT_NAME = "pixel_values"
+
+
+def export_folder(folder: Path, calibration_rows: datasets.Dataset, parity_rows: datasets.Dataset,
+                  batch_size: int = 32, num_workers: int = 2) -> dict:
+    """Write the ONNX files into ``folder`` and return (and record) their parity."""
+    classifier = pneumonia.load_classifier(str(folder), backend="pytorch")
+    input_size = tuple(pneumonia.data_config_of(classifier.model)["input_size"])
+
+    def batches(rows: datasets.Dataset):
+        images = XrayDataset(rows, classifier.transform, input_size)
+        for batch in torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers):
+            yield batch["pixel_values"][batch["readable"]]
+
+    fp32_file, int8_file = folder / ONNX_FILES["onnx-fp32"], folder / ONNX_FILES["onnx-int8"]
+    export_fp32(classifier.model, input_size, fp32_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate = Path(tmp) / "model.int8.onnx"
+        quantize_int8(fp32_file, candidate, batches(calibration_rows), Path(tmp))
+        found = parity(classifier, {"fp32": OnnxLogits(fp32_file), "int8": OnnxLogits(candidate)}, batches(parity_rows))
+        found["int8"]["kept"] = all(found["int8"][k] >= v if k == "decision_agreement" else found["int8"][k] <= v
+                                    for k, v in PARITY_BAR.items())
+        int8_file.unlink(missing_ok=True)
+        if found["int8"]["kept"]:
+            candidate.replace(int8_file)
+    found.update(calibration_images=len(calibration_rows), parity_split="test", bar=PARITY_BAR)
+    metrics_file = folder / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["onnx"] = found
+    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    return found
+
+
+def export_fp32(model: torch.nn.Module, input_size: tuple[int, int, int], path: Path) -> None:
+    """The eval-mode model as one self-contained ONNX file with a dynamic batch axis."""
+    example = torch.zeros(2, *input_size)
+    torch.onnx.export(
+        model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=["logits"],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
+        dynamo=True, external_data=False, verbose=False,
+    )
+
+
+def quantize_int8(fp32_file: Path, out: Path, calibration_batches, workdir: Path) -> None:
+    """Static int8 (QDQ, per-channel), as onnxruntime.quantization recommends for CNNs on x86."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration_batches)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch.numpy()}
+
+    prepared = workdir / "prepared.onnx"
+    quant_pre_process(str(fp32_file), str(prepared))  # shape inference and graph fusions first
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def parity(classifier: pneumonia.Classifier, sessions: dict, batches) -> dict:
+    """Per ONNX model: share of films with PyTorch's decision, and mean / max |ΔP(PNEUMONIA)|."""
+    reference, found = [], {name: [] for name in sessions}
+    with torch.inference_mode():
+        for pixels in batches:
+            reference.append(pneumonia.probabilities(classifier.model(pixels), classifier.temperature)[:, 1].numpy())
+            for name, logits in sessions.items():
+                found[name].append(pneumonia.probabilities(logits(pixels), classifier.temperature)[:, 1].numpy())
+    reference = np.concatenate(reference)
+    decided = reference >= classifier.threshold
+    result = {}
+    for name, parts in found.items():
+        p = np.concatenate(parts)
+        gap = np.abs(p - reference)
+        result[name] = {"decision_agreement": float(np.mean((p >= classifier.threshold) == decided)),
+                        "mean_abs_dp": float(gap.mean()), "max_abs_dp": float(gap.max()), "n": int(len(p))}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.export_onnx", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a model folder written by `python -m train`")
+    parser.add_argument("--dataset", help="the labelled data (train split for calibration, test for parity); "
+                                          "default: the dataset the model was trained on")
+    parser.add_argument("--calibration-images", type=int, default=256, help="training films to calibrate int8 on")
+    parser.add_argument("--num-workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    try:
+        training = _training_config(args.folder)
+        splits = load_splits(args.dataset or training["dataset"], training["val_fraction"], training["seed"])
+        found = export_folder(args.folder, subsample(splits["train"], args.calibration_images, training["seed"]),
+                              splits["test"], num_workers=args.num_workers)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(parity_summary(found))
+    if (args.folder / "predictions.csv").is_file():
+        from train.card import write_card
+
+        write_card(args.folder)
+
+
+def parity_summary(found: dict) -> str:
+    lines = [f"{name}: decisions agree on {m['decision_agreement']:.2%} of {m['n']} test films, "
+             f"mean |dP| {m['mean_abs_dp']:.4f}, max {m['max_abs_dp']:.4f}" for name, m in ((k, found[k]) for k in ("fp32", "int8"))]
+    kept = "kept" if found["int8"]["kept"] else "NOT kept (misses the parity bar): the folder serves fp32 ONNX"
+    return "\n".join(lines + [f"int8: {kept}"])
+
+
+def _training_config(folder: Path) -> dict:
+    path = folder / "training_config.json"
+    if not (folder / "config.json").is_file() or not path.is_file():
+        raise UsageError(f"{folder} is not a model folder written by `python -m train` (no config.json or "
+                         "training_config.json)")
+    return json.loads(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

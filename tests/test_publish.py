@@ -72,7 +72,9 @@ def test_publish_uploads_exactly_the_model_files(run_folder, hub, capsys):
     assert (create, repo_id, create_kw["exist_ok"], create_kw["private"]) == ("create_repo", "someone/pneumonia-cnn", True, True)
     assert (upload, upload_repo, upload_kw["repo_type"]) == ("upload_folder", "someone/pneumonia-cnn", "model")
     sent = _uploaded(run_folder, upload_kw["allow_patterns"])
-    assert sent == set(MODEL_FILES) and not any(name.startswith("checkpoints") for name in sent)
+    exported = {path.name for path in run_folder.glob("*.onnx")}  # training exports them by default
+    assert "model.onnx" in exported and sent == set(MODEL_FILES) | exported
+    assert not any(name.startswith("checkpoints") for name in sent)
     assert "hf-hub:someone/pneumonia-cnn" in (run_folder / "README.md").read_text()
     assert TOKEN not in capsys.readouterr().out
 
@@ -175,4 +177,5 @@ def test_training_with_push_to_hub(data_dir, tmp_path, hub):
                 "--image-size", "64", "--push-to-hub", "someone/pneumonia-cnn", "--hub-private"])
     (_, repo_id, create_kw), (_, _, upload_kw) = hub
     assert repo_id == "someone/pneumonia-cnn" and create_kw["private"] is True
-    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES)
+    exported = {path.name for path in (tmp_path / "run").glob("*.onnx")}
+    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES) | exported

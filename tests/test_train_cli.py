@@ -49,8 +49,18 @@ def test_each_preset_trains_and_its_folder_reloads_to_the_same_probabilities(pre
     with (out / "predictions.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     images = [pneumonia.open_image(data_dir / "test" / r["label"] / r["file"]) for r in rows]
-    p = classifier.predict_proba(images)[:, 1]
-    assert torch.allclose(p, torch.tensor([float(r["p_pneumonia"]) for r in rows]), atol=1e-5)
+    recorded = torch.tensor([float(r["p_pneumonia"]) for r in rows])
+    assert torch.allclose(classifier.predict_proba(images)[:, 1], recorded, atol=1e-5)
+
+    # the ONNX export at the end of training: fp32 gives the same probabilities; int8 is kept only within the bar
+    onnx = metrics["onnx"]
+    assert onnx["fp32"]["n"] == 16 and onnx["fp32"]["decision_agreement"] == 1.0
+    fp32 = pneumonia.load_classifier(str(out), backend="onnx-fp32")
+    assert fp32.backend == "onnx-fp32" and torch.allclose(fp32.predict_proba(images)[:, 1], recorded, atol=1e-4)
+    int8 = onnx["int8"]
+    within_bar = int8["decision_agreement"] >= 0.99 and int8["mean_abs_dp"] <= 0.01
+    assert (out / "model.int8.onnx").is_file() == int8["kept"] == within_bar
+    assert pneumonia.load_classifier(str(out), backend="auto").backend == ("onnx-int8" if within_bar else "onnx-fp32")
 
 
 @pytest.mark.parametrize("args, message", [
@@ -158,3 +168,25 @@ def test_float16_weights_halve_the_file_and_reload_to_the_recorded_probabilities
     images = [pneumonia.open_image(data_dir / "test" / r["label"] / r["file"]) for r in rows]
     recorded = torch.tensor([float(r["p_pneumonia"]) for r in rows])
     assert torch.allclose(classifier.predict_proba(images)[:, 1], recorded, atol=1e-5)  # metrics are of the shipped weights
+
+
+def test_int8_that_misses_the_parity_bar_is_not_shipped(data_dir, tmp_path, monkeypatch):
+    from train import export_onnx
+    from train.card import write_card
+    from train.data import load_splits
+
+    out = tmp_path / "cnn"
+    _ok(run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(out), *TINY, "--image-size", "64",
+                "--no-export-onnx"))
+    assert not list(out.glob("*.onnx")) and pneumonia.load_classifier(str(out), backend="auto").backend == "pytorch"
+    with pytest.raises(pneumonia.UsageError, match="no model.int8.onnx: export it with"):
+        pneumonia.load_classifier(str(out), backend="onnx-int8")
+
+    splits = load_splits(str(data_dir), 0.15, 42)
+    monkeypatch.setitem(export_onnx.PARITY_BAR, "mean_abs_dp", -1.0)  # a bar no model meets
+    found = export_onnx.export_folder(out, splits["train"].select(range(16)), splits["test"].select(range(8)), num_workers=0)
+    assert not found["int8"]["kept"] and not (out / "model.int8.onnx").exists() and (out / "model.onnx").is_file()
+    assert json.loads((out / "metrics.json").read_text())["onnx"]["int8"]["kept"] is False
+    assert pneumonia.load_classifier(str(out), backend="auto").backend == "onnx-fp32"  # what the app then serves
+    write_card(out)
+    assert "missed the parity bar" in (out / "README.md").read_text()

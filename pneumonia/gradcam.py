@@ -37,7 +37,8 @@ def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL
     cams = nn.functional.interpolate(cams, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peaks = cams.amax(dim=(1, 2), keepdim=True)
     cams = torch.where(peaks > 0, cams / peaks.clamp_min(1e-12), cams)
-    return logits.detach(), cams.detach().cpu().numpy()
+    # Under mixed precision (bf16 autocast on a GPU) the maps are bf16, which numpy has no type for.
+    return logits.detach().float(), cams.detach().float().cpu().numpy()
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45, max_side: int = 512) -> Image.Image:

@@ -280,3 +280,17 @@ def test_grad_cam_for_every_preset(preset):
     assert torch.allclose(alone_logits, logits[1:], atol=1e-5) and np.allclose(alone_cam[0], cams[1], atol=1e-4)
     shown = overlay(image, cams[0])
     assert shown.mode == "RGB" and shown.size == (512, 384)
+
+
+def test_grad_cam_under_bf16_autocast():
+    """Training's end-of-run Grad-CAM runs under accelerate's bf16 autocast on a GPU (it once
+    crashed there: numpy has no bfloat16); CPU autocast makes the same bf16 maps."""
+    from pneumonia.gradcam import central_share, grad_cam
+
+    torch.manual_seed(0)
+    model = pneumonia.create_model("resnet18_half", image_size=64).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, cams = grad_cam(model, pixels)
+    assert logits.dtype == torch.float32 and cams.dtype == np.float32 and cams.shape == (2, 64, 64)
+    assert ((central_share(cams) >= 0) & (central_share(cams) <= 1)).all()

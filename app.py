@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from pneumonia import POSITIVE_LABEL, load_classifier, open_image
+from pneumonia import POSITIVE_LABEL, UsageError, load_classifier, open_image
 from pneumonia.backends import BACKENDS
 from pneumonia.gradcam import overlay
 from pneumonia.preprocessing import UnreadableImage
@@ -32,7 +32,10 @@ def _backend() -> str:
     return value
 
 
-classifier = load_classifier(MODEL_SOURCE, backend=_backend())  # once, at start-up
+try:
+    classifier = load_classifier(MODEL_SOURCE, backend=_backend())  # once, at start-up
+except UsageError as err:
+    raise SystemExit(f"error: PNEUMONIA_MODEL / PNEUMONIA_BACKEND: {err}") from None
 model_lock = threading.Lock()  # Grad-CAM hooks the PyTorch model: one batch at a time uses it
 
 

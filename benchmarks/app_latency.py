@@ -1,26 +1,31 @@
 """The app as its users call it: cold start and /predict latency through gradio_client.
 
-    python benchmarks/app_latency.py [--requests 8] [--callers 8] [--batch-sizes 8 1]
+    python benchmarks/app_latency.py [--requests 8] [--callers 8] [--batch-size 8]
 
-For the bundled model and for VGG16 (random weights: the timing is what matters), each
-with the app's batching on (max batch 8) and off (1):
-  cold start  `python app.py` started -> first /predict answer received
-  1 caller    one client, requests one after another: median and p90 seconds
-  8 callers   8 clients at once, each sending --requests uploads: median and p90 seconds
-              per request, and requests per second overall
-Each request sends a different real test X-ray from ../shared.
+For the bundled model on each backend (ONNX Runtime int8, PyTorch) and for VGG16 on PyTorch
+(random weights: the timing is what matters), `python app.py` is started as a Space starts it:
+  cold start    process start -> first /predict answer received
+  answer        /predict alone: the decision and the bars
+  + heat map    /predict, then /heatmap, as the page calls them: until the heat map is back
+  1 caller      one client, requests one after another: p50 and p95 seconds
+  8 callers     8 clients at once, each sending --requests uploads: p50, p95, requests/s
+Then where a lone caller's answer goes: the same films through the same loader in this process,
+timed step by step (decode, preprocessing, model); the rest of the end-to-end time is upload,
+queue and HTTP. Each request sends a different real test X-ray from ../shared.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import timm
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,6 +36,8 @@ from tests.live_app import start_app, stop_app  # noqa: E402
 
 from gradio_client import Client, handle_file  # noqa: E402
 
+BUNDLED = ROOT / "models" / "pneumonia-resnet18-half"
+
 
 def random_vgg16(folder: Path) -> Path:
     """A VGG16 model folder as training writes it, with untrained weights."""
@@ -40,18 +47,20 @@ def random_vgg16(folder: Path) -> Path:
     return folder
 
 
-def percentiles(seconds: list[float]) -> tuple[float, float]:
-    ordered = sorted(seconds)
-    return statistics.median(ordered), ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+def p50_p95(seconds: list[float]) -> str:
+    return f"{np.percentile(seconds, 50):.3f} / {np.percentile(seconds, 95):.3f}"
 
 
-def timed_predict(client: Client, image: Path) -> float:
+def timed_request(client: Client, image: Path, heat_map: bool) -> float:
     started = time.perf_counter()
-    client.predict(handle_file(str(image)), api_name="/predict")
+    upload = handle_file(str(image))
+    client.predict(upload, api_name="/predict")
+    if heat_map:
+        client.predict(upload, api_name="/heatmap")
     return time.perf_counter() - started
 
 
-def concurrent_callers(url: str, images: list[Path], callers: int, requests: int) -> tuple[list[float], float]:
+def concurrent_callers(url: str, images: list[Path], callers: int, requests: int, heat_map: bool) -> tuple[list[float], float]:
     """Per-request seconds from ``callers`` clients at once, and the wall time for all of them."""
     clients = [Client(url, verbose=False) for _ in range(callers)]
     latencies: list[float] = []
@@ -60,7 +69,7 @@ def concurrent_callers(url: str, images: list[Path], callers: int, requests: int
     def caller(index: int) -> None:
         start.wait()
         for r in range(requests):
-            latencies.append(timed_predict(clients[index], images[(index * requests + r) % len(images)]))
+            latencies.append(timed_request(clients[index], images[(index * requests + r) % len(images)], heat_map))
 
     threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
     for thread in threads:
@@ -72,41 +81,81 @@ def concurrent_callers(url: str, images: list[Path], callers: int, requests: int
     return latencies, time.perf_counter() - began
 
 
-def measure(model: str, batch_size: int, images: list[Path], args) -> dict:
+def measure_app(model: str, backend: str, images: list[Path], args) -> dict:
     started = time.perf_counter()
-    process, url = start_app({"PNEUMONIA_MODEL": model, "PNEUMONIA_MAX_BATCH_SIZE": str(batch_size)})
+    env = {"PNEUMONIA_MODEL": model, "PNEUMONIA_BACKEND": backend, "PNEUMONIA_MAX_BATCH_SIZE": str(args.batch_size)}
+    process, url = start_app(env)
     try:
         client = Client(url, verbose=False)
         client.predict(handle_file(str(images[0])), api_name="/predict")
-        cold = time.perf_counter() - started
-        single = [timed_predict(client, image) for image in images[1:args.requests + 1]]
-        many, wall = concurrent_callers(url, images, args.callers, args.requests)
+        found = {"cold": time.perf_counter() - started}
+        lone = images[1:args.requests + 1]
+        for heat_map in (False, True):
+            found[heat_map, 1] = [timed_request(client, image, heat_map) for image in lone]
+            latencies, wall = concurrent_callers(url, images, args.callers, args.requests, heat_map)
+            found[heat_map, args.callers] = latencies
+            found[heat_map, "rps"] = len(latencies) / wall
     finally:
         stop_app(process)
-    return {"cold": cold, "single": percentiles(single), "many": percentiles(many), "rps": len(many) / wall}
+    return found
+
+
+def in_process_steps(model: str, backend: str, images: list[Path], threads: int) -> dict[str, list[float]]:
+    """Seconds per film for each step of /predict's work, in this process, as the app does it."""
+    os.environ["PNEUMONIA_ONNX_THREADS"] = str(threads)
+    classifier = pneumonia.load_classifier(model, backend=backend)
+    steps: dict[str, list[float]] = {"decode": [], "preprocessing": [], "model": []}
+    for image_path in [images[0], *images]:  # the first is a warm-up
+        started = time.perf_counter()
+        image = pneumonia.open_image(image_path)
+        decoded = time.perf_counter()
+        pixels = classifier.pixels([image])
+        preprocessed = time.perf_counter()
+        with torch.inference_mode():
+            classifier.onnx_logits(pixels) if classifier.onnx_logits else classifier.model(pixels)
+        done = time.perf_counter()
+        for name, seconds in zip(steps, (decoded - started, preprocessed - decoded, done - preprocessed)):
+            steps[name].append(seconds)
+    return {name: seconds[1:] for name, seconds in steps.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=8, help="requests per caller")
     parser.add_argument("--callers", type=int, default=8, help="concurrent callers")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 1], help="app max batch sizes to compare")
+    parser.add_argument("--batch-size", type=int, default=8, help="the app's PNEUMONIA_MAX_BATCH_SIZE")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"error: the real X-rays are not at {DATA}; this benchmark sends them as uploads")
     images = sorted((DATA / "test" / "PNEUMONIA").iterdir())[: args.callers * args.requests + 1]
-    print(f"machine: {machine()}\n")
-    print(f"| model | max batch | cold start (s) | 1 caller median / p90 (s) | {args.callers} callers median / p90 (s) "
-          f"| {args.callers} callers req/s |")
-    print("|---|---|---|---|---|---|")
+    threads = torch.get_num_threads()
+    print(f"machine: {machine()}")
+    print(f"command: python benchmarks/app_latency.py --requests {args.requests} --callers {args.callers} "
+          f"--batch-size {args.batch_size}\n")
+    n = args.callers
+    print(f"| model | backend | cold start (s) | 1 caller: answer p50 / p95 (s) | 1 caller: + heat map | {n} callers: answer "
+          f"| {n} callers: answer req/s | {n} callers: + heat map | {n} callers: + heat map req/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    breakdown = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"bundled resnet18_half (128 px)": str(ROOT / "models" / "pneumonia-resnet18-half"),
-                  "VGG16, random weights (224 px)": str(random_vgg16(Path(tmp) / "vgg16"))}
-        for name, model in models.items():
-            for batch_size in args.batch_sizes:
-                found = measure(model, batch_size, images, args)
-                print(f"| {name} | {batch_size} | {found['cold']:.1f} | {found['single'][0]:.3f} / {found['single'][1]:.3f} "
-                      f"| {found['many'][0]:.3f} / {found['many'][1]:.3f} | {found['rps']:.2f} |", flush=True)
+        runs = [("bundled resnet18_half (128 px)", str(BUNDLED), "onnx-int8"),
+                ("bundled resnet18_half (128 px)", str(BUNDLED), "pytorch"),
+                ("VGG16, random weights (224 px)", str(random_vgg16(Path(tmp) / "vgg16")), "pytorch")]
+        for name, model, backend in runs:
+            found = measure_app(model, backend, images, args)
+            print(f"| {name} | {backend} | {found['cold']:.1f} | {p50_p95(found[False, 1])} | {p50_p95(found[True, 1])} "
+                  f"| {p50_p95(found[False, n])} | {found[False, 'rps']:.2f} | {p50_p95(found[True, n])} "
+                  f"| {found[True, 'rps']:.2f} |", flush=True)
+            steps = in_process_steps(model, backend, images[1:args.requests + 1], threads)
+            breakdown.append((name, backend, steps, float(np.median(found[False, 1]))))
+    print("\nA lone caller's answer, step by step (medians, ms; the steps timed in this process on the same films):\n")
+    print("| model | backend | decode | preprocessing | model | sum | end to end | upload, queue, HTTP (the rest) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, backend, steps, end_to_end in breakdown:
+        medians = {step: 1000 * float(np.median(seconds)) for step, seconds in steps.items()}
+        total = sum(medians.values())
+        print(f"| {name} | {backend} | {medians['decode']:.1f} | {medians['preprocessing']:.1f} | {medians['model']:.1f} "
+              f"| {total:.1f} | {1000 * end_to_end:.1f} | {1000 * end_to_end - total:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

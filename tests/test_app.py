@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import csv
 import importlib
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -63,6 +66,18 @@ def test_bad_uploads_get_a_clear_message(app, tmp_path):
     junk.write_text("not an image")
     with pytest.raises(gr.Error, match="not a readable image"):
         app.predict(str(junk))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend, message", [
+    ("onnx-int8", "has no model.int8.onnx: export it with `python -m train.export_onnx FOLDER`"),
+    ("tensorrt", "PNEUMONIA_BACKEND='tensorrt': choose one of auto, onnx-int8, onnx-fp32, pytorch"),
+])
+def test_a_backend_the_folder_cannot_serve_stops_the_app_with_a_message(app, backend, message):
+    env = {**os.environ, "PNEUMONIA_MODEL": str(app.model_dir), "PNEUMONIA_BACKEND": backend}
+    started = subprocess.run([sys.executable, "-c", "import app"], env=env, capture_output=True, text=True,
+                             cwd=Path(app.__file__).parent, timeout=300)
+    assert started.returncode == 1 and message in started.stderr and "Traceback" not in started.stderr
 
 
 @pytest.mark.slow

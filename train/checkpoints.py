@@ -107,10 +107,13 @@ def save(accelerator: Accelerator, output_dir: Path, config: TrainConfig, state:
     killed mid-save leaves the previous checkpoint intact. Only the newest is kept."""
     root = output_dir / "checkpoints"
     final, partial = root / f"epoch_{state.epoch:03d}", root / f".partial_epoch_{state.epoch:03d}"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
+    if accelerator.is_main_process:
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    accelerator.save_state(str(partial))  # every rank writes its own RNG state into it...
+    accelerator.wait_for_everyone()  # ...before the main process renames it
     if accelerator.is_main_process:
         save_config(config, partial / "training_config.json")
         if final.exists():

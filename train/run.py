@@ -98,9 +98,13 @@ def train(config: TrainConfig) -> None:
         log_epoch(accelerator, output_dir, state.history[-1])
         if time_box_reached(config, state):
             accelerator.print(f"stopped after epoch {state.epoch}; continue with --resume")
-            return
-
-    finish(model, eval_loaders, validation_images, splits, accelerator, output_dir, config, state, preprocessing)
+            break
+    else:  # every epoch done
+        finish(model, eval_loaders, validation_images, splits, accelerator, output_dir, config, state, preprocessing)
+    # All ranks leave together and tear the process group down while Python is still alive: a
+    # rank that exits with gloo's threads running can abort (SIGABRT, pytorch/pytorch#190489).
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config) -> dict:

@@ -30,6 +30,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/inference_latency.py
 	$(PY) benchmarks/app_latency.py
 
 clean:

@@ -16,13 +16,15 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from pneumonia import POSITIVE_LABEL, UsageError, load_classifier, open_image
+from pneumonia import POSITIVE_LABEL, UsageError, load_classifier, open_image, to_model_mode
 from pneumonia.backends import BACKENDS
 from pneumonia.gradcam import overlay
-from pneumonia.preprocessing import UnreadableImage
+from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-resnet18-half"
 MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
+DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "examples"
+FILM_VIEW_SIDE = 1024  # the page shows the film at most this large
 
 def _backend() -> str:
     """Where /predict's logits come from: auto (int8 ONNX, else fp32 ONNX, else PyTorch), or one of them."""
@@ -49,6 +51,9 @@ def _max_batch_size() -> int:
 
 MAX_BATCH_SIZE = _max_batch_size()
 
+# A 43 x 43 cm detector's film (4300 x 4300 px) is about 37 MB as 16-bit DICOM; Gradio refuses larger uploads
+# with a message naming the limit, before they reach the disk.
+MAX_UPLOAD = "100mb"
 DISCLAIMER = "Research and education only: this is not a medical device and not a diagnosis."
 EXAMPLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm"}
 
@@ -61,10 +66,8 @@ def model_summary() -> str:
 
 
 def examples() -> list[str]:
-    """Up to 8 files from EXAMPLES_DIR (searched recursively); none when it is unset."""
-    folder = os.environ.get("EXAMPLES_DIR")
-    if not folder:
-        return []
+    """Up to 8 files from EXAMPLES_DIR (searched recursively), by default the bundled examples/."""
+    folder = Path(os.environ.get("EXAMPLES_DIR") or DEFAULT_EXAMPLES)
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXAMPLE_SUFFIXES)
     return [str(p) for p in files[:: max(1, len(files) // 8)][:8]]
 
@@ -74,6 +77,8 @@ def _open(image_path: str | None) -> Image.Image:
         raise gr.Error("No image received: upload a chest X-ray (PNG, JPEG or DICOM).")
     try:
         return open_image(image_path)
+    except ImageOutOfLimits as err:
+        raise gr.Error(f"{Path(image_path).name}: {err.problem}.") from None
     except UnreadableImage:
         raise gr.Error(f"{Path(image_path).name} is not a readable image: upload a PNG, JPEG or DICOM chest X-ray.") from None
 
@@ -88,6 +93,17 @@ def _open_or_message(image_path: str | None) -> Image.Image | str:
 def _answering():
     """The PyTorch model is shared with Grad-CAM's hooks; an ONNX Runtime session is not."""
     return nullcontext() if classifier.onnx_logits else model_lock
+
+
+def film_view(image_path: str | None) -> Image.Image | None:
+    """The uploaded film as the model reads it (a DICOM after its window, 16-bit scaled to 8),
+    at most FILM_VIEW_SIDE pixels a side; None for a file that cannot be read."""
+    image = _open_or_message(image_path)
+    if not isinstance(image, Image.Image):
+        return None
+    shown = to_model_mode(image).convert("L")
+    shown.thumbnail((FILM_VIEW_SIDE, FILM_VIEW_SIDE))
+    return shown
 
 
 def predict(image_path: str | None) -> dict[str, float]:
@@ -179,16 +195,22 @@ def heat_map_batch(image: list[str | None]) -> tuple[list]:
 with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     gr.Markdown(f"# Pneumonia on pediatric chest X-rays\n{model_summary()}\n\n**{DISCLAIMER}**")
     with gr.Row():
-        # A file, not gr.Image: gr.Image would decode (and reject DICOM) before predict sees it.
-        upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=["image", ".dcm"], type="filepath")
-        with gr.Column():
+        with gr.Column(scale=1):
+            # A file, not gr.Image: gr.Image would decode (and reject DICOM) before predict sees it.
+            upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=["image", ".dcm"], type="filepath")
+            example_files = examples()
+            if example_files:
+                gr.Examples(example_files, inputs=upload, label="Examples: test films of the Kermany data set (CC BY 4.0)")
+        with gr.Column(scale=2):
             # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
             verdict = gr.Markdown(label="Decision at the model's operating threshold")
             bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
-            heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil")
-    example_files = examples()
-    if example_files:
-        gr.Examples(example_files, inputs=upload)
+            with gr.Row():
+                film = gr.Image(label="The film, as read (DICOM: windowed)", type="pil", elem_id="film")
+                heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil",
+                                   elem_id="heatmap")
+    # The film shows at once; a file it cannot show gets its message from /predict's check.
+    upload.change(film_view, inputs=upload, outputs=film, api_name="film", api_visibility="undocumented")
     # The answer first; the heat map (PyTorch, forward and backward) follows and never holds
     # it up. Each step runs one batch at a time: requests that arrive meanwhile gather into
     # the next batch instead of a second, smaller one waiting on the model.
@@ -198,4 +220,4 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     demo.queue(max_size=64)
 
 if __name__ == "__main__":
-    demo.launch(show_error=True)  # gr.Error messages reach API callers too
+    demo.launch(show_error=True, max_file_size=MAX_UPLOAD)  # gr.Error messages reach API callers too

@@ -6,6 +6,7 @@ is saved in its ``config.json``: training, evaluation and the app build the same
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,37 @@ _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 class UnreadableImage(ValueError):
     """The bytes or file are not an image PIL can decode."""
+
+
+# What a chest film can be: checked from the file's header, before any pixel is decoded, so
+# a decompression bomb (a 20000 x 20000 PNG of a few KB) costs nothing. The largest flat-panel
+# detectors give about 4300 x 4300 (18 MP); a chest film is about 1:1.25, a cropped one 1:2.
+MIN_SIDE = 64
+MAX_ASPECT_RATIO = 3.0
+MAX_PIXELS = 64_000_000
+
+
+class ImageOutOfLimits(UnreadableImage):
+    """A readable image no chest film looks like: too small, too thin or too large."""
+
+    def __init__(self, source, problem: str):
+        super().__init__(f"{_describe(source)}: {problem}")
+        self.problem = problem  # the message without the (often temporary) file path
+
+
+def check_limits(source, width: int, height: int) -> None:
+    """Raise ImageOutOfLimits unless a width x height image can be a chest X-ray."""
+    size = f"{width}x{height} px"
+    if width * height > MAX_PIXELS:
+        raise ImageOutOfLimits(source, f"{size} ({width * height / 1e6:.0f} megapixels) is over the "
+                                       f"{MAX_PIXELS / 1e6:.0f}-megapixel limit: upload a downscaled copy of the film")
+    if min(width, height) < MIN_SIDE:
+        raise ImageOutOfLimits(source, f"{size} is too small: the shorter side must be at least {MIN_SIDE} px; "
+                                       "upload the film at its original resolution")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageOutOfLimits(source, f"{size} is {max(width, height) / min(width, height):.0f} times longer than "
+                                       f"wide, no chest film's shape (at most {MAX_ASPECT_RATIO:.0f}:1): upload "
+                                       "the whole film, uncropped")
 
 
 INTENSITY_CHOICES = ("none", "equalize", "clahe", "percentile")
@@ -72,10 +104,17 @@ def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
             image = Image.open(io.BytesIO(source))
         else:
             image = Image.open(source)
+        if not isinstance(source, Image.Image):
+            check_limits(source, *image.size)  # from the header: nothing decoded yet
         image.load()  # decode now, so a truncated file fails here and not in a transform
         return ImageOps.exif_transpose(image)
     except UnreadableImage:
         raise
+    except Image.DecompressionBombError as err:  # PIL's own limit, above ours, hit while reading the header
+        claimed = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(claimed.group(1)) / 1e6:.0f} megapixels" if claimed else "the image"
+        raise ImageOutOfLimits(source, f"{size} is over the {MAX_PIXELS / 1e6:.0f}-megapixel limit: upload a "
+                                       "downscaled copy of the film") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UnreadableImage(f"{_describe(source)}: not a readable image ({err})") from err
 
@@ -100,6 +139,7 @@ def _read_dicom(source: str | Path | bytes) -> Image.Image:
         dataset = pydicom.dcmread(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, force=True)
         if "PixelData" not in dataset:
             raise UnreadableImage(f"{_describe(source)}: DICOM file without pixel data (a report or structured document?)")
+        check_limits(source, int(dataset.get("Columns", 0)), int(dataset.get("Rows", 0)))  # before decoding
         pixels = apply_voi_lut(apply_modality_lut(dataset.pixel_array, dataset), dataset).astype(np.float32)
     except UnreadableImage:
         raise

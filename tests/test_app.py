@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 import pneumonia
@@ -92,6 +93,25 @@ def test_predict_reads_dicom_either_polarity(app, data_dir, tmp_path):
     mono1 = app.predict(str(_write_dicom(tmp_path / "b.dcm", 4095 - xray, "MONOCHROME1")))
     assert mono1 == pytest.approx(mono2, abs=1e-6) and sum(mono2.values()) == pytest.approx(1.0)
 
+
+
+def test_the_page_shows_the_film_and_offers_the_bundled_examples(app, data_dir, tmp_path, monkeypatch):
+    from tests.test_units import _write_dicom
+
+    monkeypatch.delenv("EXAMPLES_DIR", raising=False)
+    shipped = [Path(p) for p in app.examples()]
+    assert len(shipped) == 4 and {p.parent.name for p in shipped} == {"NORMAL", "PNEUMONIA"}
+    assert all(p.parent.parent == Path(app.__file__).parent / "examples" for p in shipped)
+    film = np.asarray(Image.open(next((data_dir / "test" / "NORMAL").iterdir())).convert("L"))
+    big = np.asarray(Image.fromarray(film).resize((2000, 1600)), dtype=np.uint16) * 16  # 12-bit, full resolution
+    shown = app.film_view(str(_write_dicom(tmp_path / "film.dcm", 4095 - big, "MONOCHROME1")))
+    assert shown.mode == "L" and shown.size == (1024, 819)  # at most 1024 px, aspect kept
+    # MONOCHROME1 inverted and the 12 bits scaled to 8: the film, not its negative
+    expected = np.asarray(Image.fromarray(np.round(big / 16).astype(np.uint8)).resize(shown.size), dtype=float)
+    assert np.abs(np.asarray(shown, dtype=float) - expected).mean() < 3
+    junk = tmp_path / "notes.png"
+    junk.write_text("not an image")
+    assert app.film_view(str(junk)) is None and app.film_view(None) is None
 
 @pytest.mark.slow
 def test_full_resolution_upload_and_its_dicom_get_what_training_evaluation_gives(app, data_dir, tmp_path):

@@ -54,7 +54,18 @@ def test_upload_shows_bars_decision_and_heatmap(page, app_url, data_dir, tmp_pat
     assert int(bar.get_attribute("aria-valuenow")) == round(100 * _served_p(image))
     assert page.locator('[data-testid="NORMAL-confidence-set"]').count() == 1
     page.get_by_text("operating threshold").first.wait_for()
-    page.locator("img[src*='/file=']").first.wait_for()  # the Grad-CAM overlay, which follows the answer
+    page.locator("#film img").wait_for()  # the film itself, beside...
+    page.locator("#heatmap img").wait_for()  # ...the Grad-CAM overlay, which follows the answer
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "app-upload.png", full_page=True)
     assert (SCREENSHOTS / "app-upload.png").stat().st_size > 10_000
+
+
+def test_a_bundled_example_is_one_click_away(page, app_url):
+    page.goto(app_url)
+    example = ROOT / "examples" / "NORMAL" / "IM-0001-0001.jpeg"
+    page.get_by_text(example.name).first.click()
+    bar = page.locator('[data-testid="PNEUMONIA-confidence-set"] meter')
+    bar.wait_for()
+    assert int(bar.get_attribute("aria-valuenow")) == round(100 * _served_p(example))
+    page.locator("#film img").wait_for()

@@ -67,6 +67,21 @@ def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, data_dir,
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
 
+
+def test_uploads_outside_the_limits_are_named_with_the_limit(server, data_dir, tmp_path):
+    from tests.test_input_limits import png, png_header_only
+
+    cases = {"dot.png": (png(1, 1), "dot.png: 1x1 px is too small: the shorter side must be at least 64 px"),
+             "strip.png": (png(2000, 300), "strip.png: 2000x300 px is 7 times longer than wide"),
+             "bomb.png": (png_header_only(20000, 20000), "bomb.png: 400 megapixels is over the 64-megapixel limit: upload a downscaled copy")}
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ValidationError, match=message):
+            server.predict(handle_file(str(tmp_path / name)), api_name="/predict")
+    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+    label, _ = server.predict(handle_file(str(good)), api_name="/predict")  # and the server keeps serving
+    assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
+
 def test_concurrent_callers_share_batches_and_a_bad_file_fails_alone(server, data_dir, tmp_path):
     goods = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[:6]
     alone = {image: _p_pneumonia(server.predict(handle_file(str(image)), api_name="/predict")[0]) for image in goods}

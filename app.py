@@ -26,6 +26,7 @@ MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "examples"
 FILM_VIEW_SIDE = 1024  # the page shows the film at most this large
 
+
 def _backend() -> str:
     """Where /predict's logits come from: auto (int8 ONNX, else fp32 ONNX, else PyTorch), or one of them."""
     value = os.environ.get("PNEUMONIA_BACKEND", "auto")
@@ -68,7 +69,7 @@ def model_summary() -> str:
 def examples() -> list[str]:
     """Up to 8 files from EXAMPLES_DIR (searched recursively), by default the bundled examples/."""
     folder = Path(os.environ.get("EXAMPLES_DIR") or DEFAULT_EXAMPLES)
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in EXAMPLE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXAMPLE_SUFFIXES)
     return [str(p) for p in files[:: max(1, len(files) // 8)][:8]]
 
 

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from pneumonia.backends import ONNX_FILES  # noqa: E402
 from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
 from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
@@ -59,7 +60,7 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         label_smoothing=config.get("label_smoothing", 0.0),
         gradcam_share=metrics.get("gradcam_central_share", {}).get("validation"),
         onnx=metrics.get("onnx"),
-        onnx_files=[name for name in ("model.onnx", "model.int8.onnx") if (folder / name).is_file()],
+        onnx_files=[name for name in ONNX_FILES.values() if (folder / name).is_file()],
         gradcam_share_pneumonia=metrics.get("gradcam_central_share", {}).get("validation_PNEUMONIA"),
         threshold=metrics["threshold"],
         temperature=metrics["temperature"],

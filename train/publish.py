@@ -8,6 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pneumonia.backends import ONNX_FILES
 from pneumonia.presets import UsageError
 from train.card import write_card
 from train.hub import push_folder
@@ -17,7 +18,7 @@ MODEL_FILES = [
     "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
     "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png",
 ]
-ONNX_MODEL_FILES = ["model.onnx", "model.int8.onnx"]  # pushed when `train.export_onnx` wrote them
+ONNX_MODEL_FILES = list(ONNX_FILES.values())  # pushed when `train.export_onnx` wrote them
 _NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
 
 

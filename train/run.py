@@ -27,14 +27,13 @@ from train import checkpoints, data, optim
 from train.config import TrainConfig, parse_config
 from train.card import write_card
 from train.export import write_model_folder, write_predictions
-from train.export_onnx import export_folder, parity_summary
+from train.export_onnx import CALIBRATION_IMAGES, export_folder, parity_summary
 from train.hub import require_token
 from train.evaluation import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
 from train.metrics import binary_metrics
 from train.publish import publish
 
 VALIDATION_SPLITS = ("validation", "shifted_validation")
-ONNX_CALIBRATION_IMAGES = 256
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,7 +159,7 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
         name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
     })
     if config.export_onnx:  # calibrated on training films, parity on test: no choice is made on it
-        found = export_folder(output_dir, data.subsample(splits["train"], ONNX_CALIBRATION_IMAGES, config.seed),
+        found = export_folder(output_dir, data.subsample(splits["train"], CALIBRATION_IMAGES, config.seed),
                               splits["test"], config.batch_size, config.num_workers)
         accelerator.print(parity_summary(found))
     accelerator.print(summary_line("shifted validation", metrics["shifted_validation"]))

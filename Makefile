@@ -32,6 +32,7 @@ bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inference_latency.py
 	$(PY) benchmarks/app_latency.py
+	$(PY) benchmarks/load_test.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from pneumonia import POSITIVE_LABEL, UsageError, load_classifier, open_image, to_model_mode
+from pneumonia import POSITIVE_LABEL, Reading, UsageError, load_classifier, open_image, to_model_mode
 from pneumonia.backends import BACKENDS
 from pneumonia.gradcam import overlay
 from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage
@@ -63,7 +63,15 @@ def model_summary() -> str:
     test = classifier.metrics.get("test")
     scores = f"test F1 {test['f1']:.3f}, ROC-AUC {test['roc_auc']:.3f} (n = {test['n']})" if test else "no test metrics"
     name = f"models/{DEFAULT_MODEL.name} (bundled)" if MODEL_SOURCE == str(DEFAULT_MODEL) else MODEL_SOURCE
-    return f"Model: `{name}` ({scores}; threshold {classifier.threshold:.3f}; answers from {classifier.backend})."
+    return f"Model: `{name}` ({scores}; threshold {classifier.threshold:.3f}; answers from {classifier.backend}). {gate_summary()}"
+
+
+def gate_summary() -> str:
+    if classifier.gate is None:
+        return ("**The out-of-distribution gate is off**: this model folder has none, so any image gets an answer, "
+                "X-ray or not (fit one with `python -m train.fit_gate FOLDER`).")
+    return ("Images that do not look like the chest X-rays the model was trained on (photos, documents, blank "
+            "images) are refused, not classified.")
 
 
 def examples() -> list[str]:
@@ -108,35 +116,55 @@ def film_view(image_path: str | None) -> Image.Image | None:
 
 
 def predict(image_path: str | None) -> dict[str, float]:
-    """An image file -> calibrated probability per label, e.g. {"NORMAL": 0.1, "PNEUMONIA": 0.9}."""
+    """An image file -> calibrated probability per label, e.g. {"NORMAL": 0.1, "PNEUMONIA": 0.9};
+    gr.Error with the reason for an image the out-of-distribution gate refuses."""
     image = _open(image_path)
     with _answering():
-        return classifier.predict(image)
+        (reading,) = classifier.read([image])
+    if reading.refused:
+        raise gr.Error(refusal(reading))
+    return reading.probabilities
 
 
-def decision(probs: dict[str, float]) -> str:
-    p = probs[POSITIVE_LABEL]
+REFUSED = "not a chest X-ray"  # the API's label for a refused upload: no probabilities, no bars
+
+
+def refusal(reading: Reading) -> str:
+    return (f"The upload does not look like a chest X-ray this model was trained on: {reading.problem}. "
+            "No diagnosis is given; upload a frontal chest X-ray (PNG, JPEG or DICOM).")
+
+
+def decision(reading: Reading) -> str:
+    if reading.refused:
+        return f"### NOT ASSESSED\n{refusal(reading)}"
+    probs = reading.probabilities
     verdict = classifier.decide(probs)
     side = "at or above" if verdict == POSITIVE_LABEL else "below"
-    return (f"### {verdict}\nP(PNEUMONIA) = {p:.3f} is {side} the model's operating threshold "
+    return (f"### {verdict}\nP(PNEUMONIA) = {probs[POSITIVE_LABEL]:.3f} is {side} the model's operating threshold "
             f"{classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the longer bar.")
 
 
-def classify(image_path: str | None) -> tuple[dict[str, float], str]:
-    """Probability bars and the decision in words."""
-    probs = predict(image_path)
-    return probs, decision(probs)
+def bars(reading: Reading) -> dict[str, float] | str:
+    return REFUSED if reading.refused else reading.probabilities
 
 
-def heat_map(image_path: str | None) -> Image.Image:
-    """A Grad-CAM heat map of the PNEUMONIA score over the X-ray."""
+def classify(image_path: str | None) -> tuple[dict[str, float] | str, str]:
+    """Probability bars (or the refusal label) and the decision in words."""
+    image = _open(image_path)
+    with _answering():
+        (reading,) = classifier.read([image])
+    return bars(reading), decision(reading)
+
+
+def heat_map(image_path: str | None) -> Image.Image | None:
+    """A Grad-CAM heat map of the PNEUMONIA score over the X-ray; None for a refused image."""
     return heat_maps([_open(image_path)])[0]
 
 
-def heat_maps(images: list[Image.Image]) -> list[Image.Image]:
+def heat_maps(images: list[Image.Image]) -> list[Image.Image | None]:
     with model_lock:
-        _, cams = classifier.explain(images)  # one forward and backward pass of the PyTorch model
-    return [overlay(image, cam) for image, cam in zip(images, cams)]
+        readings, cams = classifier.explain(images)  # one forward and backward pass of the PyTorch model
+    return [None if reading.refused else overlay(image, cam) for image, reading, cam in zip(images, readings, cams)]
 
 
 def check_uploads(image: list[str | None]) -> list[list[dict]]:
@@ -180,9 +208,9 @@ def classify_batch(image: list[str | None]) -> tuple[list, list]:
     one forward pass (ONNX Runtime when the model folder has it)."""
     def answer_all(images):
         with _answering():
-            return classifier.predict_many(images)
+            return classifier.read(images)
 
-    rows = [(found, decision(found)) if isinstance(found, dict) else (None, found)
+    rows = [(bars(found), decision(found)) if isinstance(found, Reading) else (None, found)
             for found in _per_upload(image, answer_all)]
     return tuple(list(column) for column in zip(*rows))
 
@@ -205,7 +233,7 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
         with gr.Column(scale=2):
             # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
             verdict = gr.Markdown(label="Decision at the model's operating threshold")
-            bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
+            probability_bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
             with gr.Row():
                 film = gr.Image(label="The film, as read (DICOM: windowed)", type="pil", elem_id="film")
                 heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil",
@@ -216,7 +244,7 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     # it up. Each step runs one batch at a time: requests that arrive meanwhile gather into
     # the next batch instead of a second, smaller one waiting on the model.
     batched = {"validator": check_uploads, "batch": True, "max_batch_size": MAX_BATCH_SIZE, "concurrency_limit": 1}
-    answered = upload.change(classify_batch, inputs=upload, outputs=[bars, verdict], api_name="predict", **batched)
+    answered = upload.change(classify_batch, inputs=upload, outputs=[probability_bars, verdict], api_name="predict", **batched)
     answered.success(heat_map_batch, inputs=upload, outputs=heatmap, api_name="heatmap", **batched)
     demo.queue(max_size=64)
 

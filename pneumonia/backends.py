@@ -15,7 +15,7 @@ ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx-fp32": "model.onnx"}
 
 
 class OnnxLogits:
-    """Logits (N, classes) of a preprocessed batch from an ONNX Runtime CPU session."""
+    """Logits (N, classes) of a preprocessed batch, and the gate's features, from an ONNX Runtime CPU session."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
@@ -25,8 +25,15 @@ class OnnxLogits:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
+        self.has_features = len(self.session.get_outputs()) > 1  # exported with the gate's features
+
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: pixels.numpy()})[0])
+        return self.run(pixels)[0]
+
+    def run(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and the out-of-distribution gate's features when the file exports them."""
+        outputs = self.session.run(None, {self.input_name: pixels.numpy()})
+        return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if self.has_features else None
 
 
 def candidates(backend: str) -> list[str]:

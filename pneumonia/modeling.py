@@ -14,6 +14,7 @@ from torch import nn
 
 from pneumonia import backends
 from pneumonia.gradcam import grad_cam
+from pneumonia.ood import GATE_FILE, OodGate, WithGateFeatures, gate_layers, image_problem
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, UsageError
 from pneumonia.preprocessing import XrayPreprocessing, build_transform, data_config_of
 
@@ -21,6 +22,19 @@ from pneumonia.preprocessing import XrayPreprocessing, build_transform, data_con
 def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Calibrated class probabilities: softmax of temperature-scaled logits."""
     return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+@dataclass
+class Reading:
+    """What the model makes of one image: its calibrated probabilities and, when the folder has an
+    out-of-distribution gate that refused the image, why (the probabilities then mean nothing)."""
+
+    probabilities: dict[str, float]
+    problem: str | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.problem is not None
 
 
 @dataclass
@@ -33,17 +47,42 @@ class Classifier:
     config: dict         # the folder's config.json
     metrics: dict        # the folder's metrics.json ({} when absent)
     backend: str = "pytorch"                                       # where predict's logits come from
-    onnx_logits: Callable[[torch.Tensor], torch.Tensor] | None = None  # ONNX Runtime, when backend is onnx-*
+    onnx_logits: backends.OnnxLogits | None = None  # ONNX Runtime, when backend is onnx-*
+    gate: OodGate | None = None  # the out-of-distribution gate; None for folders fitted without one
+
+    def __post_init__(self):
+        # Hooks on the model give the gate its features from any forward pass, Grad-CAM's included.
+        self.tapped = WithGateFeatures(self.model, self.gate.layers) if self.gate else None
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The model's input batch (N, 3, H, W), preprocessed as in training's evaluation."""
         return torch.stack([self.transform(image) for image in images])
 
     @torch.inference_mode()
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits, and the gate's features when there is a gate, from the chosen backend."""
+        if self.onnx_logits:
+            logits, features = self.onnx_logits.run(pixels)
+            if features is None and self.tapped:  # an ONNX file exported before the gate existed
+                features = self.tapped(pixels)[1]
+            return logits, features
+        return self.tapped(pixels) if self.tapped else (self.model(pixels), None)
+
     def predict_proba(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = self.pixels(images)
-        logits = self.onnx_logits(pixels) if self.onnx_logits else self.model(pixels)
-        return probabilities(logits, self.temperature)
+        """Calibrated probabilities (N, classes), ungated: see ``read`` for the gate's verdict."""
+        return probabilities(self.forward(self.pixels(images))[0], self.temperature)
+
+    def read(self, images: Sequence[Image.Image]) -> list[Reading]:
+        """Probabilities and the out-of-distribution gate's verdict per image, from one forward pass."""
+        logits, features = self.forward(self.pixels(images))
+        return self._readings(images, probabilities(logits, self.temperature), features)
+
+    def _readings(self, images, probs: torch.Tensor, features: torch.Tensor | None) -> list[Reading]:
+        if self.gate is None:
+            return [Reading(self._by_label(p)) for p in probs]
+        feature_problems = self.gate.problems(features.detach().cpu().numpy())
+        return [Reading(self._by_label(p), image_problem(image) or problem)
+                for image, p, problem in zip(images, probs, feature_problems)]
 
     def predict_many(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
         return [self._by_label(p) for p in self.predict_proba(images)]
@@ -51,12 +90,13 @@ class Classifier:
     def predict(self, image: Image.Image) -> dict[str, float]:
         return self._by_label(self.predict_proba([image])[0])
 
-    def explain(self, images: Sequence[Image.Image]) -> tuple[list[dict[str, float]], np.ndarray]:
-        """Calibrated probabilities and a Grad-CAM map (N, H, W) per image, from one forward
-        and one backward pass of the PyTorch model (whatever the backend). It hooks the
-        model: callers sharing it serialise their calls."""
+    def explain(self, images: Sequence[Image.Image]) -> tuple[list[Reading], np.ndarray]:
+        """Readings and a Grad-CAM map (N, H, W) per image, from one forward and one backward
+        pass of the PyTorch model (whatever the backend). It hooks the model: callers sharing
+        it serialise their calls."""
         logits, cams = grad_cam(self.model, self.pixels(images))
-        return [self._by_label(p) for p in probabilities(logits, self.temperature)], cams
+        features = self.tapped.last_features() if self.tapped else None
+        return self._readings(images, probabilities(logits, self.temperature), features), cams
 
     def _by_label(self, probs: torch.Tensor) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.label_names, probs)}
@@ -110,6 +150,7 @@ def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
         raise UsageError(f"{source}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
     model = timm.create_model(source, pretrained=True).eval()
     chosen, onnx_file = _onnx_backend(source, backend)
+    gate = _gate(source, config)
     return Classifier(
         model=model,
         transform=build_transform(data_config_of(model), XrayPreprocessing.from_config(config)),
@@ -120,4 +161,16 @@ def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
         metrics=_read_json(source, "metrics.json") or {},
         backend=chosen,
         onnx_logits=backends.OnnxLogits(onnx_file) if onnx_file else None,
+        gate=gate,
     )
+
+
+def _gate(source: str, config: dict) -> OodGate | None:
+    """The folder's out-of-distribution gate; None for a folder trained before gates existed."""
+    if "ood" not in config:
+        return None
+    path = _file(source, config["ood"].get("file", GATE_FILE))
+    if path is None:
+        raise UsageError(f"{source}: config.json has an out-of-distribution gate but {GATE_FILE} is missing; "
+                         "copy it beside config.json, or fit it again with `python -m train.fit_gate FOLDER`")
+    return OodGate.load(path, config["ood"])

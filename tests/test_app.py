@@ -24,13 +24,26 @@ def app(data_dir, tmp_path_factory, monkeypatch_module):
     result = run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(model_dir), "--epochs", "1",
                      "--max-train-samples", "24", "--max-eval-samples", "16", "--batch-size", "8",
                      "--num-workers", "0", "--image-size", "96", "--intensity", "clahe", "--crop-borders",
-                     "--no-export-onnx")  # a folder without ONNX files still serves, on PyTorch
+                     # a folder without ONNX files or a gate (as trained before either existed) still serves
+                     "--no-export-onnx", "--no-ood-gate")
     assert result.returncode == 0, result.stderr[-3000:]
-    monkeypatch_module.setenv("PNEUMONIA_MODEL", str(model_dir))
-    sys.modules.pop("app", None)
-    module = importlib.import_module("app")
+    module = _import_app(monkeypatch_module, model_dir)
     module.model_dir = model_dir
     return module
+
+
+def _import_app(monkeypatch, model_dir: Path):
+    monkeypatch.setenv("PNEUMONIA_MODEL", str(model_dir))
+    sys.modules.pop("app", None)
+    return importlib.import_module("app")
+
+
+@pytest.fixture(scope="module")
+def bundled_app(app, monkeypatch_module):
+    """The app on the bundled model, whose out-of-distribution gate was fitted on all the training films."""
+    from tests.conftest import BUNDLED_MODEL
+
+    return _import_app(monkeypatch_module, BUNDLED_MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +70,30 @@ def test_predict_matches_the_training_evaluation(app, data_dir):
     metrics = app.classifier.metrics["test"]
     assert f"test F1 {metrics['f1']:.3f}, ROC-AUC {metrics['roc_auc']:.3f}" in app.model_summary()
     assert app.classifier.backend == "pytorch" and "answers from pytorch" in app.model_summary()
+    assert app.classifier.gate is None and "The out-of-distribution gate is off" in app.model_summary()
+
+
+@pytest.mark.slow
+def test_what_is_not_a_chest_xray_gets_a_refusal_and_no_bars(bundled_app, data_dir, tmp_path):
+    from skimage import data as samples
+
+    assert bundled_app.classifier.gate is not None and "are refused, not classified" in bundled_app.model_summary()
+    Image.fromarray(samples.coffee()).save(tmp_path / "cup.jpg")
+    Image.fromarray(samples.text()).save(tmp_path / "text.png")
+    Image.new("L", (400, 400), 255).save(tmp_path / "white.png")
+    reasons = {"cup.jpg": "it is a colour image", "text.png": "its features are unlike the training films'",
+               "white.png": "it is blank"}
+    film = str(sorted((data_dir / "test" / "PNEUMONIA").iterdir())[0])
+    uploads = [str(tmp_path / name) for name in reasons]
+    bars, words = bundled_app.classify_batch([uploads[0], film, *uploads[1:]])
+    (heatmaps,) = bundled_app.heat_map_batch([uploads[0], film, *uploads[1:]])
+    for i, (name, reason) in zip([0, 2, 3], reasons.items()):
+        assert bars[i] == bundled_app.REFUSED and heatmaps[i] is None
+        assert words[i].startswith("### NOT ASSESSED\nThe upload does not look like a chest X-ray this model was "
+                                   "trained on: " + reason), words[i]
+        with pytest.raises(gr.Error, match="does not look like a chest X-ray"):
+            bundled_app.predict(str(tmp_path / name))
+    assert bars[1] == pytest.approx(bundled_app.predict(film), abs=1e-5) and heatmaps[1] is not None
 
 
 @pytest.mark.slow
@@ -154,5 +191,5 @@ def test_a_batch_answers_each_upload_as_if_alone(app, data_dir, tmp_path):
     assert bars[1] is None and heatmaps[1] is None and "deleted-after-upload.png is not a readable image" in words[1]
     for i, path in zip([0, 2, 3], goods):
         alone = app.predict(path)
-        assert bars[i] == pytest.approx(alone, abs=1e-5) and words[i] == app.decision(bars[i])
+        assert bars[i] == pytest.approx(alone, abs=1e-5) and words[i] == app.decision(pneumonia.Reading(bars[i]))
         assert np.allclose(np.asarray(heatmaps[i], float), np.asarray(app.heat_map(path), float), atol=2)

@@ -69,3 +69,17 @@ def test_a_bundled_example_is_one_click_away(page, app_url):
     bar.wait_for()
     assert int(bar.get_attribute("aria-valuenow")) == round(100 * _served_p(example))
     page.locator("#film img").wait_for()
+
+
+def test_a_photo_is_refused_in_the_page_with_no_bars(page, app_url, tmp_path):
+    from PIL import Image
+    from skimage import data as samples
+
+    Image.fromarray(samples.chelsea()).save(tmp_path / "cat.jpg")
+    page.goto(app_url)
+    page.set_input_files("input[type=file]", str(tmp_path / "cat.jpg"))
+    page.get_by_text("NOT ASSESSED").first.wait_for()
+    page.get_by_text("does not look like a chest X-ray this model was trained on").first.wait_for()
+    page.locator("#film img").wait_for()  # the user sees what was refused
+    assert page.locator('[data-testid="PNEUMONIA-confidence-set"]').count() == 0
+    page.screenshot(path=SCREENSHOTS / "app-refused.png", full_page=True)

@@ -68,6 +68,24 @@ def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, data_dir,
 
 
 
+def test_what_is_not_a_chest_xray_is_refused_through_the_api(server, data_dir, tmp_path):
+    from skimage import data as samples
+
+    rng = np.random.default_rng(0)
+    others = {"astronaut.jpg": Image.fromarray(samples.astronaut()), "page.png": Image.fromarray(samples.page()),
+              "noise.png": Image.fromarray(rng.integers(0, 256, (256, 256), dtype=np.uint8)),
+              "blank.png": Image.new("L", (256, 256), 0)}
+    for name, image in others.items():
+        image.save(tmp_path / name)
+        label, decision = server.predict(handle_file(str(tmp_path / name)), api_name="/predict")
+        assert label["label"] == "not a chest X-ray" and not label.get("confidences"), (name, label)
+        assert decision.startswith("### NOT ASSESSED") and "does not look like a chest X-ray" in decision
+        assert server.predict(handle_file(str(tmp_path / name)), api_name="/heatmap") is None
+    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+    label, decision = server.predict(handle_file(str(good)), api_name="/predict")  # a film still gets its answer
+    assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"} and "threshold" in decision
+
+
 def test_uploads_outside_the_limits_are_named_with_the_limit(server, data_dir, tmp_path):
     from tests.test_input_limits import png, png_header_only
 
@@ -81,6 +99,24 @@ def test_uploads_outside_the_limits_are_named_with_the_limit(server, data_dir, t
     good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
     label, _ = server.predict(handle_file(str(good)), api_name="/predict")  # and the server keeps serving
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
+
+def test_an_upload_over_100_mb_is_refused_with_the_limit(server, app_url, data_dir, tmp_path):
+    import httpx
+
+    huge = tmp_path / "huge.dcm"
+    with huge.open("wb") as f:  # sparse: 101 MiB on the wire, almost nothing on disk
+        f.write(b"\0" * 128 + b"DICM")
+        f.seek(101 * 2**20)
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 104857600 bytes"):
+        server.predict(handle_file(str(huge)), api_name="/predict")  # gradio_client checks before sending
+    with huge.open("rb") as f:  # a raw HTTP upload is refused by the server
+        answer = httpx.post(app_url + "gradio_api/upload", files={"files": ("huge.dcm", f)}, timeout=120)
+    assert answer.status_code == 413 and "maximum allowed size of 104857600 bytes" in answer.text
+    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+    label, _ = server.predict(handle_file(str(good)), api_name="/predict")
+    assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
+
 
 def test_concurrent_callers_share_batches_and_a_bad_file_fails_alone(server, data_dir, tmp_path):
     goods = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[:6]

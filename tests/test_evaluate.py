@@ -72,6 +72,27 @@ def test_csv_of_png_dicom_and_broken_file_gives_metrics_and_card(model_dir, data
     assert next(r for r in named if r.metric_type == "f1").metric_value == report["f1"]
 
 
+def test_the_gate_names_the_films_the_app_would_refuse(data_dir, tmp_path):
+    from skimage import data as samples
+
+    from tests.conftest import BUNDLED_MODEL
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    films = [sorted((data_dir / "test" / label).iterdir())[0] for label in ("NORMAL", "PNEUMONIA")]
+    Image.fromarray(samples.coffee()).save(folder / "cup.png")  # a photo filed as a film by mistake
+    Image.fromarray(samples.page()).save(folder / "scan.png")
+    (folder / "films.csv").write_text("file,label\n" + "".join(f"{f},{f.parent.name}\n" for f in films)
+                                      + "cup.png,NORMAL\nscan.png,PNEUMONIA\n")
+    out = tmp_path / "report"
+    result = run_cli(str(BUNDLED_MODEL), str(folder / "films.csv"), "--output-dir", str(out), "--num-workers", "0",
+                     launcher=EVALUATE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["n"] == 4 and report["ood_refused"] == 2 and report["ood_refused_files"] == ["cup.png", "scan.png"]
+    assert "the out-of-distribution gate refuses 2 of 4 films (the metrics include them): cup.png, scan.png" in result.stdout
+
+
 def test_kaggle_folder_split_and_class_folders(model_dir, data_dir, tmp_path):
     data = link_subset(data_dir, tmp_path / "kaggle", per_class=5)
     for source, extra in ((data, ["--split", "test"]), (data / "train", [])):

@@ -63,6 +63,7 @@ def test_every_run_gets_a_card_whose_model_index_holds_its_test_metrics(run_fold
         assert (run_folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot})" in card.text
     assert "not a diagnosis" in card.text and "Kermany" in card.text and "hf-hub:USER/pneumonia-cnn" in card.text
     assert f"{metrics['validation']['f1']:.3f}" in card.text  # validation numbers in the text
+    assert "## Out-of-distribution gate" in card.text and f"{metrics['ood']['splits']['test']['films']} |" in card.text
 
 
 @pytest.mark.slow
@@ -73,7 +74,7 @@ def test_publish_uploads_exactly_the_model_files(run_folder, hub, capsys):
     assert (upload, upload_repo, upload_kw["repo_type"]) == ("upload_folder", "someone/pneumonia-cnn", "model")
     sent = _uploaded(run_folder, upload_kw["allow_patterns"])
     exported = {path.name for path in run_folder.glob("*.onnx")}  # training exports them by default
-    assert "model.onnx" in exported and sent == set(MODEL_FILES) | exported
+    assert "model.onnx" in exported and sent == set(MODEL_FILES) | exported | {"ood.safetensors"}
     assert not any(name.startswith("checkpoints") for name in sent)
     assert "hf-hub:someone/pneumonia-cnn" in (run_folder / "README.md").read_text()
     assert TOKEN not in capsys.readouterr().out
@@ -163,6 +164,7 @@ def test_what_users_download_gives_the_training_probabilities(run_folder, hub, d
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     p = classifier.predict_proba([pneumonia.open_image(data_dir / "test" / r["label"] / r["file"]) for r in rows])[:, 1]
     assert p.tolist() == pytest.approx([float(r["p_pneumonia"]) for r in rows], abs=1e-5)
+    assert classifier.gate is not None and classifier.gate.cutoff == json.loads((run_folder / "config.json").read_text())["ood"]["cutoff"]
 
 
 @pytest.mark.slow
@@ -178,4 +180,4 @@ def test_training_with_push_to_hub(data_dir, tmp_path, hub):
     (_, repo_id, create_kw), (_, _, upload_kw) = hub
     assert repo_id == "someone/pneumonia-cnn" and create_kw["private"] is True
     exported = {path.name for path in (tmp_path / "run").glob("*.onnx")}
-    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES) | exported
+    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES) | exported | {"ood.safetensors"}

@@ -58,9 +58,44 @@ def test_each_preset_trains_and_its_folder_reloads_to_the_same_probabilities(pre
     fp32 = pneumonia.load_classifier(str(out), backend="onnx-fp32")
     assert fp32.backend == "onnx-fp32" and torch.allclose(fp32.predict_proba(images)[:, 1], recorded, atol=1e-4)
     int8 = onnx["int8"]
-    within_bar = int8["decision_agreement"] >= 0.99 and int8["mean_abs_dp"] <= 0.01
+    within_bar = int8["decision_agreement"] >= 0.99 and int8["mean_abs_dp"] <= 0.01 and int8["gate_agreement"] >= 0.99
     assert (out / "model.int8.onnx").is_file() == int8["kept"] == within_bar
     assert pneumonia.load_classifier(str(out), backend="auto").backend == ("onnx-int8" if within_bar else "onnx-fp32")
+
+    # the out-of-distribution gate, fitted at the end of training, travels with the folder
+    assert (out / "ood.safetensors").is_file() and config["ood"]["layers"] == pneumonia.ood.gate_layers(model)[0]
+    assert metrics["ood"]["splits"]["validation"]["pass_rate"] >= 0.99 and len(metrics["ood"]["probes"]) >= 15
+    assert classifier.gate is not None and onnx["fp32"]["gate_agreement"] == 1.0
+    _, onnx_features = fp32.forward(fp32.pixels(images))
+    pytorch_features = classifier.forward(classifier.pixels(images))[1]
+    assert torch.linalg.norm(onnx_features - pytorch_features) <= 1e-4 * torch.linalg.norm(pytorch_features)
+    assert "## Out-of-distribution gate" in (out / "README.md").read_text()
+
+
+def test_fit_gate_gives_an_old_folder_its_gate_and_its_onnx_the_gate_features(data_dir, tmp_path):
+    out = tmp_path / "old"
+    _ok(run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(out), "--image-size", "96",
+                "--no-ood-gate", *TINY))
+    assert not (out / "ood.safetensors").exists() and "ood" not in json.loads((out / "config.json").read_text())
+    assert pneumonia.load_classifier(str(out)).gate is None  # gate off: loads as before
+    film = pneumonia.open_image(sorted((data_dir / "test" / "NORMAL").iterdir())[0])
+    before = pneumonia.load_classifier(str(out), backend="pytorch").predict(film)
+
+    result = _ok(run_cli(str(out), "--num-workers", "0", launcher=(sys.executable, "-m", "train.fit_gate")))
+    assert "validation films pass" in result.stdout and "non-X-ray probes" in result.stdout
+    config, metrics = (json.loads((out / name).read_text()) for name in ("config.json", "metrics.json"))
+    assert config["ood"]["cutoff"] > 0 and metrics["ood"]["splits"]["test"]["films"] == 16
+    assert "gate_agreement" in metrics["onnx"]["fp32"]  # the ONNX files were exported again, with the features
+    classifier = pneumonia.load_classifier(str(out), backend="onnx-fp32")
+    assert classifier.gate is not None and classifier.onnx_logits.has_features
+    assert classifier.predict(film) == pytest.approx(before, abs=1e-4)  # the answers themselves are unchanged
+    assert "## Out-of-distribution gate" in (out / "README.md").read_text()
+
+    result = run_cli(str(tmp_path / "nothing"), launcher=(sys.executable, "-m", "train.fit_gate"))
+    assert result.returncode == 2 and "is not a model folder written by `python -m train`" in result.stderr
+    (out / "ood.safetensors").unlink()
+    with pytest.raises(pneumonia.UsageError, match="ood.safetensors is missing"):
+        pneumonia.load_classifier(str(out))
 
 
 @pytest.mark.parametrize("args, message", [

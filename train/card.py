@@ -60,6 +60,8 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         label_smoothing=config.get("label_smoothing", 0.0),
         gradcam_share=metrics.get("gradcam_central_share", {}).get("validation"),
         onnx=metrics.get("onnx"),
+        ood=metrics.get("ood"),
+        ood_config=model_config.get("ood"),
         onnx_files=[name for name in ONNX_FILES.values() if (folder / name).is_file()],
         gradcam_share_pneumonia=metrics.get("gradcam_central_share", {}).get("validation_PNEUMONIA"),
         threshold=metrics["threshold"],

@@ -9,7 +9,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pneumonia.presets import PRESETS
+from pneumonia.presets import PRESETS, UsageError
 from pneumonia.preprocessing import INTENSITY_CHOICES
 
 
@@ -64,6 +64,7 @@ class TrainConfig:
         "validation, or best specificity with sensitivity >= 0.95 on validation", ("balanced", "f1", "sensitivity95"),
     )
     export_onnx: bool = _opt(True, "also write model.onnx and a parity-checked model.int8.onnx (train.export_onnx)")
+    ood_gate: bool = _opt(True, "fit the out-of-distribution gate that refuses non-X-rays (train.fit_gate)")
     weights_dtype: str = _opt("float32", "dtype of model.safetensors; float16 halves the file", ("float32", "float16"))
     # run control
     resume: bool = _opt(False, "continue the run in --output-dir from its last checkpoint")
@@ -110,6 +111,15 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         if not getattr(args, required):
             build_parser().error(f"--{required.replace('_', '-')} is required")
     return resolve(TrainConfig(**vars(args)))
+
+
+def saved_training_config(folder: Path) -> dict:
+    """The settings a model folder was trained with (its training_config.json)."""
+    path = folder / "training_config.json"
+    if not (folder / "config.json").is_file() or not path.is_file():
+        raise UsageError(f"{folder} is not a model folder written by `python -m train` (no config.json or "
+                         "training_config.json)")
+    return json.loads(path.read_text())
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

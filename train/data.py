@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from pneumonia.presets import LABEL_NAMES, UsageError
 from pneumonia.augment import Augment
+from pneumonia.ood import image_problem
 from pneumonia.preprocessing import UnreadableImage, XrayPreprocessing, build_transform, open_image
 from train.shift import shifted_film
 
@@ -138,7 +139,9 @@ def _checked(raw: datasets.DatasetDict, source: str) -> datasets.DatasetDict:
 
 
 class XrayDataset(torch.utils.data.Dataset):
-    """Rows -> (pixels, label, row index, readable); an unreadable image yields zeros and readable=0.
+    """Rows -> (pixels, label, row index, readable, odd); an unreadable image yields zeros and
+    readable=0. With ``check_images``, ``odd`` says whether the out-of-distribution gate's
+    image checks (colour, blank) refuse the image.
 
     Keeping the row (instead of dropping it) keeps batch shapes equal across processes, so
     evaluation can gather them; the loss and the metrics ignore rows that are not readable.
@@ -146,20 +149,23 @@ class XrayDataset(torch.utils.data.Dataset):
 
     def __init__(
         self, rows: datasets.Dataset, transform: Callable, input_size: tuple[int, int, int],
-        perturb: Callable[[Image.Image, str], Image.Image] | None = None,
+        perturb: Callable[[Image.Image, str], Image.Image] | None = None, check_images: bool = False,
     ):
         self.rows, self.transform, self.input_size, self.perturb = rows, transform, input_size, perturb
+        self.check_images = check_images
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
+        odd = False
         try:
             image = open_image(row["image"])
             if self.perturb is not None:
                 image = self.perturb(image, _file_name(row["image"], index))
             pixels, readable = self.transform(image), True
+            odd = self.check_images and image_problem(image) is not None
         except UnreadableImage as err:
             logger.warning("skipping unreadable image %s", err)
             pixels, readable = torch.zeros(self.input_size), False
@@ -168,6 +174,7 @@ class XrayDataset(torch.utils.data.Dataset):
             "labels": torch.tensor(row["label"]),
             "index": torch.tensor(index),
             "readable": torch.tensor(readable),
+            "odd": torch.tensor(odd),
         }
 
 
@@ -182,15 +189,17 @@ def load_data(source: str, val_fraction: float, seed: int, max_train: int | None
 
 def make_loaders(
     splits: datasets.DatasetDict, data_config: dict, preprocessing: XrayPreprocessing, augment: Augment,
-    batch_size: int, balance: str, num_workers: int, shift_seed: int,
+    batch_size: int, balance: str, num_workers: int, shift_seed: int, check_images: bool = False,
 ) -> dict[str, torch.utils.data.DataLoader]:
     """Shuffled (or class-balanced) augmented train loader; plain, ordered eval loaders,
-    among them the shifted validation: the validation films, each with its fixed shift."""
+    among them the shifted validation: the validation films, each with its fixed shift.
+    ``check_images``: the eval loaders also run the out-of-distribution gate's image checks."""
     input_size = tuple(data_config["input_size"])
 
     def loader(name: str, transform: Callable, perturb=None, **kwargs) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
-            XrayDataset(splits[name], transform, input_size, perturb), batch_size=batch_size,
+            XrayDataset(splits[name], transform, input_size, perturb, check_images and name != "train"),
+            batch_size=batch_size,
             num_workers=num_workers, pin_memory=torch.cuda.is_available(), **kwargs,
         )
 

@@ -26,6 +26,7 @@ from train.card import plot_confusion_matrix, plot_roc, write_card
 from train.data import XrayDataset, file_names, load_splits
 from train.evaluation import gradcam_central_share, p_positive, predict
 from train.export import write_predictions
+from train.fit_gate import gate_features
 from train.metrics import binary_metrics
 
 _LABELS = {name.lower(): index for index, name in enumerate(LABEL_NAMES)} | {"0": 0, "1": 1}
@@ -140,13 +141,32 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
         "threshold": classifier.threshold,
         "gradcam_central_share": gradcam_central_share(accelerator.unwrap_model(model), images),  # all, and per label
     }
+    refused = refused_by_gate(classifier, rows, batch_size, num_workers)
+    if refused is not None:
+        found["ood_refused"] = len(refused)  # the app would refuse these films instead of answering
+        print(f"the out-of-distribution gate refuses {len(refused)} of {len(labels)} films (the metrics include them)"
+              + (f": {', '.join(refused[:20])}{' ...' if len(refused) > 20 else ''}" if refused else ""))
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "metrics.json").write_text(json.dumps({"data": name, **found, "skipped_files": skipped}, indent=2) + "\n")
+    (output_dir / "metrics.json").write_text(json.dumps({"data": name, **found, "skipped_files": skipped,
+                                                         "ood_refused_files": refused}, indent=2) + "\n")
     write_predictions(output_dir / "predictions.csv", {name: (file_names(rows, index), labels, p)})
     plot_confusion_matrix(found["confusion_matrix"], output_dir / "confusion_matrix.png", title=name)
     plot_roc(output_dir / "predictions.csv", output_dir / "roc_curve.png", splits=(name,))
     print(report(name, found) + f" -> {output_dir}")
     return found
+
+
+def refused_by_gate(classifier: pneumonia.Classifier, rows: datasets.Dataset, batch_size: int,
+                    num_workers: int) -> list[str] | None:
+    """Names of the readable films the model's out-of-distribution gate refuses; None without a gate."""
+    if classifier.gate is None:
+        return None
+    images = XrayDataset(rows, classifier.transform, tuple(pneumonia.data_config_of(classifier.model)["input_size"]),
+                         check_images=True)
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
+    features, _, odd, index = gate_features(classifier.tapped, loader)
+    passed = (classifier.gate.scores(features) <= classifier.gate.cutoff) & ~odd
+    return file_names(rows, index[~passed])
 
 
 def report(name: str, found: dict) -> str:

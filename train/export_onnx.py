@@ -6,7 +6,8 @@ Writes ``model.onnx`` (fp32) and ``model.int8.onnx`` (static int8: QDQ, per-chan
 weights, uint8 activations, calibrated on training films through the model's own
 preprocessing) into the folder, and records their parity with the PyTorch model on the test
 split in ``metrics.json`` ("onnx"). An int8 model that misses the parity bar (decisions
-identical on at least 99% of films, mean |ΔP(PNEUMONIA)| at most 0.01) is not kept: the
+identical on at least 99% of films, mean |ΔP(PNEUMONIA)| at most 0.01, and the same verdict of the
+out-of-distribution gate on at least 99%) is not kept: the
 folder then serves fp32 ONNX.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import datasets
@@ -23,10 +25,12 @@ import torch
 
 import pneumonia
 from pneumonia.backends import ONNX_FILES, OnnxLogits
+from pneumonia.ood import WithGateFeatures, gate_layers
 from pneumonia.presets import UsageError
+from train.config import saved_training_config
 from train.data import XrayDataset, load_splits, subsample
 
-PARITY_BAR = {"decision_agreement": 0.99, "mean_abs_dp": 0.01}
+PARITY_BAR = {"decision_agreement": 0.99, "mean_abs_dp": 0.01, "gate_agreement": 0.99}
 CALIBRATION_IMAGES = 256  # training films int8 is calibrated on
 INPUT_NAME = "pixel_values"
 
@@ -62,17 +66,27 @@ def export_folder(folder: Path, calibration_rows: datasets.Dataset, parity_rows:
 
 def within_bar(found: dict) -> bool:
     return (found["decision_agreement"] >= PARITY_BAR["decision_agreement"]
-            and found["mean_abs_dp"] <= PARITY_BAR["mean_abs_dp"])
+            and found["mean_abs_dp"] <= PARITY_BAR["mean_abs_dp"]
+            and found.get("gate_agreement", 1.0) >= PARITY_BAR["gate_agreement"])
 
 
 def export_fp32(model: torch.nn.Module, input_size: tuple[int, int, int], path: Path) -> None:
-    """The eval-mode model as one self-contained ONNX file with a dynamic batch axis."""
+    """The eval-mode model as one self-contained ONNX file with a dynamic batch axis; its
+    outputs are the logits and the out-of-distribution gate's features."""
     example = torch.zeros(2, *input_size)
-    torch.onnx.export(
-        model.eval(), (example,), str(path), input_names=[INPUT_NAME], output_names=["logits"],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=1024)}},
-        dynamo=True, external_data=False, verbose=False,
-    )
+    with_features = WithGateFeatures(model, gate_layers(model)[0]).eval()
+    try:
+        with warnings.catch_warnings():
+            # The hooks hand the feature maps over in a dict; torch.export traces them into the graph (the
+            # parity check compares the features) but warns that the dict's tensors are not buffers.
+            warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+            torch.onnx.export(
+                with_features, (example,), str(path), input_names=[INPUT_NAME], output_names=["logits", "ood_features"],
+                dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1, max=1024)}},
+                dynamo=True, external_data=False, verbose=False,
+            )
+    finally:
+        with_features.remove()
 
 
 def quantize_int8(fp32_file: Path, out: Path, calibration_batches, workdir: Path) -> None:
@@ -95,22 +109,35 @@ def quantize_int8(fp32_file: Path, out: Path, calibration_batches, workdir: Path
 
 
 def parity(classifier: pneumonia.Classifier, sessions: dict, batches) -> dict:
-    """Per ONNX model: share of films with PyTorch's decision, and mean / max |ΔP(PNEUMONIA)|."""
-    reference, found = [], {name: [] for name in sessions}
+    """Per ONNX model: share of films with PyTorch's decision, mean / max |ΔP(PNEUMONIA)|, and
+    (with a gate) the share of films the out-of-distribution gate treats alike."""
+    reference, found = _outputs(classifier, classifier.forward, batches, sessions)
+    result = {}
+    for name, (p, passed) in found.items():
+        gap = np.abs(p - reference[0])
+        result[name] = {"decision_agreement": float(np.mean((p >= classifier.threshold) == (reference[0] >= classifier.threshold))),
+                        "mean_abs_dp": float(gap.mean()), "max_abs_dp": float(gap.max()), "n": int(len(p))}
+        if classifier.gate:
+            result[name]["gate_agreement"] = float(np.mean(passed == reference[1]))
+    return result
+
+
+def _outputs(classifier, pytorch, batches, sessions) -> tuple[tuple, dict]:
+    """(P(PNEUMONIA), passes the gate) per film from PyTorch and from each ONNX session."""
+    def read(forward, pixels):
+        logits, features = forward(pixels)
+        p = pneumonia.probabilities(logits, classifier.temperature)[:, 1].numpy()
+        passed = classifier.gate.scores(features.numpy()) <= classifier.gate.cutoff if classifier.gate else np.ones(len(p), bool)
+        return p, passed
+
+    parts = {name: [] for name in ["pytorch", *sessions]}
     with torch.inference_mode():
         for pixels in batches:
-            reference.append(pneumonia.probabilities(classifier.model(pixels), classifier.temperature)[:, 1].numpy())
-            for name, logits in sessions.items():
-                found[name].append(pneumonia.probabilities(logits(pixels), classifier.temperature)[:, 1].numpy())
-    reference = np.concatenate(reference)
-    decided = reference >= classifier.threshold
-    result = {}
-    for name, parts in found.items():
-        p = np.concatenate(parts)
-        gap = np.abs(p - reference)
-        result[name] = {"decision_agreement": float(np.mean((p >= classifier.threshold) == decided)),
-                        "mean_abs_dp": float(gap.mean()), "max_abs_dp": float(gap.max()), "n": int(len(p))}
-    return result
+            parts["pytorch"].append(read(pytorch, pixels))
+            for name, session in sessions.items():
+                parts[name].append(read(session.run, pixels))
+    joined = {name: tuple(np.concatenate(column) for column in zip(*rows)) for name, rows in parts.items()}
+    return joined.pop("pytorch"), joined
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
     try:
-        training = _training_config(args.folder)
+        training = saved_training_config(args.folder)
         splits = load_splits(args.dataset or training["dataset"], training["val_fraction"], training["seed"])
         found = export_folder(args.folder, subsample(splits["train"], args.calibration_images, training["seed"]),
                               splits["test"], num_workers=args.num_workers)
@@ -138,17 +165,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def parity_summary(found: dict) -> str:
     lines = [f"{name}: decisions agree on {found[name]['decision_agreement']:.2%} of {found[name]['n']} test films, "
-             f"mean |dP| {found[name]['mean_abs_dp']:.4f}, max {found[name]['max_abs_dp']:.4f}" for name in ("fp32", "int8")]
+             f"mean |dP| {found[name]['mean_abs_dp']:.4f}, max {found[name]['max_abs_dp']:.4f}"
+             + (f", gate verdicts agree on {found[name]['gate_agreement']:.2%}" if "gate_agreement" in found[name] else "")
+             for name in ("fp32", "int8")]
     kept = "kept" if found["int8"]["kept"] else "NOT kept (misses the parity bar): the folder serves fp32 ONNX"
     return "\n".join(lines + [f"int8: {kept}"])
-
-
-def _training_config(folder: Path) -> dict:
-    path = folder / "training_config.json"
-    if not (folder / "config.json").is_file() or not path.is_file():
-        raise UsageError(f"{folder} is not a model folder written by `python -m train` (no config.json or "
-                         "training_config.json)")
-    return json.loads(path.read_text())
 
 
 if __name__ == "__main__":

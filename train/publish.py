@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from pneumonia.backends import ONNX_FILES
+from pneumonia.ood import GATE_FILE
 from pneumonia.presets import UsageError
 from train.card import write_card
 from train.hub import push_folder
@@ -18,7 +19,7 @@ MODEL_FILES = [
     "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
     "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png",
 ]
-ONNX_MODEL_FILES = list(ONNX_FILES.values())  # pushed when `train.export_onnx` wrote them
+OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE]  # pushed when `train.export_onnx` / `train.fit_gate` wrote them
 _NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
 
 
@@ -29,7 +30,7 @@ def publish(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool 
     if missing:
         raise UsageError(f"{folder} is not a finished training run (missing {', '.join(missing)}): train it first")
     write_card(folder, repo_id=repo_id, space_id=space_id, dataset_id=dataset_id)
-    return push_folder(folder, repo_id, MODEL_FILES, optional=ONNX_MODEL_FILES, private=private,
+    return push_folder(folder, repo_id, MODEL_FILES, optional=OPTIONAL_FILES, private=private,
                        dry_run=dry_run, commit_message=f"Upload {folder.name} (pneumonia-xray)")
 
 

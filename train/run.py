@@ -8,6 +8,7 @@ The best epoch, the temperature and the operating threshold are chosen on valida
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from pneumonia.augment import Augment
 from pneumonia.presets import UsageError, create_model
 from pneumonia.preprocessing import XrayPreprocessing, data_config_of
-from train import checkpoints, data, optim
+from train import checkpoints, data, fit_gate, optim
 from train.config import TrainConfig, parse_config
 from train.card import write_card
 from train.export import write_model_folder, write_predictions
@@ -158,6 +159,9 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
     write_predictions(output_dir / "predictions.csv", {
         name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
     })
+    if config.ood_gate:  # before the ONNX export, whose files carry the gate's features
+        accelerator.print(fit_gate.summary(fit_gate.fit_folder(output_dir, splits, dataclasses.asdict(config),
+                                                               config.batch_size, config.num_workers)))
     if config.export_onnx:  # calibrated on training films, parity on test: no choice is made on it
         found = export_folder(output_dir, data.subsample(splits["train"], CALIBRATION_IMAGES, config.seed),
                               splits["test"], config.batch_size, config.num_workers)

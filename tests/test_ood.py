@@ -1,0 +1,135 @@
+"""The out-of-distribution gate: its pieces, and the bundled model's gate on real films and on non-X-rays."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.covariance import LedoitWolf
+
+import pneumonia
+from pneumonia import ood
+from tests.conftest import BUNDLED_MODEL as BUNDLED
+
+
+def _grey_film(size=(256, 300), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(-1, 1, size[0])[None, :]
+    y = np.linspace(-1, 1, size[1])[:, None]
+    body = 200 * np.exp(-(x ** 2 + y ** 2)) + rng.normal(0, 8, (size[1], size[0]))
+    return Image.fromarray(np.clip(body, 0, 255).astype(np.uint8))
+
+
+def test_cheap_checks_pass_grey_films_in_any_mode_and_refuse_colour_and_blank():
+    film = _grey_film()
+    for image in (film, film.convert("RGB"), Image.fromarray(np.asarray(film).astype(np.uint16) * 257, "I;16")):
+        assert ood.colourfulness(image) < 1e-9 and ood.image_problem(image) is None, image.mode
+    tinted = Image.merge("RGB", [film.point(lambda v: min(255, v + 6)), film, film.point(lambda v: max(0, v - 6))])
+    assert 0 < ood.colourfulness(tinted) < ood.MAX_COLOURFULNESS and ood.image_problem(tinted) is None
+    colour = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    assert "colour image" in ood.image_problem(Image.fromarray(colour))
+    for blank in (Image.new("L", (300, 300), 255), Image.new("RGB", (300, 300), (90, 90, 90)),
+                  Image.fromarray(np.full((300, 300), 1000, np.uint16), "I;16")):
+        assert "blank" in ood.image_problem(blank)
+
+
+def _clusters(n, dims, shift=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    mixing = np.random.default_rng(99).normal(size=(dims, dims)) / np.sqrt(dims)  # correlated features
+    features = (rng.normal(size=(n, dims)) + 3 * labels[:, None]) @ mixing + shift
+    return features, labels
+
+
+def test_gate_distance_is_the_mahalanobis_distance_to_the_nearest_class():
+    features, labels = _clusters(2000, 12)
+    part = ood.FeatureGaussians.fit(features, labels)
+    means = np.stack([features[labels == c].mean(axis=0) for c in (0, 1)])
+    precision = LedoitWolf().fit(features - means[labels]).precision_
+    queries = _clusters(50, 12, shift=1.5, seed=1)[0]
+    direct = np.min([np.einsum("ij,jk,ik->i", queries - m, precision, queries - m) for m in means], axis=0)
+    assert np.allclose(part.distances(queries), direct, rtol=1e-6)
+
+
+def test_gate_passes_99_percent_of_validation_refuses_far_features_and_round_trips(tmp_path):
+    widths = [8, 300]  # the second wider than MAX_DIMS: reduced by PCA
+    train, labels = _clusters(3000, sum(widths))
+    validation = _clusters(1000, sum(widths), seed=2)[0]
+    gate = ood.OodGate.fit(["a", "b"], widths, (train, labels), validation)
+    assert gate.parts[1].whiten.shape == (300, ood.MAX_DIMS)
+    assert 0.99 <= np.mean(gate.scores(validation) <= gate.cutoff) <= 0.992
+    far = _clusters(100, sum(widths), shift=3.0, seed=3)[0]
+    assert np.all(gate.scores(far) > gate.cutoff)
+    assert all("unlike the training films" in problem for problem in gate.problems(far))
+    gate.save(tmp_path)
+    loaded = ood.OodGate.load(tmp_path / ood.GATE_FILE, json.loads(json.dumps(gate.to_config())))
+    assert np.allclose(loaded.scores(validation), gate.scores(validation), rtol=1e-4)
+    assert loaded.cutoff == gate.cutoff
+
+
+@pytest.mark.parametrize("preset", list(pneumonia.PRESETS))
+def test_gate_features_are_the_channel_means_of_the_chosen_maps(preset):
+    model = pneumonia.create_model(preset, image_size=160 if preset != "inception_v3" else 299).eval()
+    layers, widths = ood.gate_layers(model)
+    assert len(layers) == 2 and layers[-1] == model.feature_info[-1]["module"]
+    maps = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: maps.__setitem__(n, o)) for n in layers]
+    tapped = ood.WithGateFeatures(model, layers)
+    pixels = torch.randn(2, 3, *pneumonia.data_config_of(model)["input_size"][1:])
+    with torch.no_grad():
+        logits, features = tapped(pixels)
+    assert torch.allclose(logits, model(pixels)) and features.shape == (2, sum(widths))
+    expected = torch.cat([maps[n].mean(dim=(2, 3)) for n in layers], dim=1)
+    assert torch.allclose(features, expected, atol=1e-6)
+    for hook in hooks:
+        hook.remove()
+    tapped.remove()
+    assert not any(module._forward_hooks for module in model.modules())
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return pneumonia.load_classifier(str(BUNDLED))
+
+
+def test_bundled_gate_is_recorded_as_it_behaves(bundled):
+    config, metrics = (json.loads((BUNDLED / name).read_text()) for name in ("config.json", "metrics.json"))
+    assert bundled.gate is not None and bundled.gate.cutoff == config["ood"]["cutoff"]
+    assert metrics["ood"]["splits"]["validation"]["pass_rate"] >= 0.99
+    assert metrics["onnx"]["int8"]["gate_agreement"] >= 0.99
+
+
+def test_bundled_gate_passes_the_example_films_and_refuses_what_is_not_an_xray(bundled, tmp_path):
+    from skimage import data as samples
+
+    from train.ood_probes import typed_page
+
+    films = sorted(p for p in (BUNDLED.parents[1] / "examples").rglob("*.jpeg"))
+    readings = bundled.read([pneumonia.open_image(p) for p in films])
+    assert len(films) == 4 and not any(r.refused for r in readings), [r.problem for r in readings]
+    rng = np.random.default_rng(5)
+    others = {  # drawn or loaded here; saved and opened as an upload is
+        "cat.png": Image.fromarray(samples.chelsea()),
+        "page.png": Image.fromarray(samples.page()),
+        "letter.png": typed_page(400),
+        "noise.png": Image.fromarray(rng.integers(0, 256, (300, 300), dtype=np.uint8)),
+        "white.png": Image.new("L", (300, 300), 255),
+        "grey_photo.png": Image.fromarray(samples.camera()),
+    }
+    for name, image in others.items():
+        image.save(tmp_path / name)
+    readings = bundled.read([pneumonia.open_image(tmp_path / name) for name in others])
+    assert all(r.refused for r in readings), {n: r.problem for n, r in zip(others, readings)}
+    int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8")
+    assert int8.backend == "onnx-int8" and int8.onnx_logits.has_features
+    assert [r.refused for r in int8.read([pneumonia.open_image(tmp_path / n) for n in others])] == [True] * len(others)
+
+
+def test_an_onnx_file_without_gate_features_falls_back_to_pytorch_features(bundled, data_dir):
+    films = [pneumonia.open_image(p) for p in sorted((data_dir / "test" / "NORMAL").iterdir())[:3]]
+    int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8")
+    int8.onnx_logits.has_features = False  # as a file exported before the gate existed
+    _, features = int8.forward(int8.pixels(films))
+    assert torch.allclose(features, bundled.forward(bundled.pixels(films))[1], atol=1e-5)

@@ -1,0 +1,59 @@
+"""Images that are not chest X-rays, for reporting what the out-of-distribution gate refuses.
+
+Photos and scans come from scikit-image's bundled sample images (public domain or CC0, no
+download); documents, noise, blank images and patterns are drawn here, seeded.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SKIMAGE_SAMPLES = {  # name in skimage.data -> (what it is, kind)
+    "astronaut": ("a person (colour photo)", "photo"),
+    "chelsea": ("a cat (colour photo)", "photo"),
+    "coffee": ("a cup of coffee (colour photo)", "photo"),
+    "rocket": ("a rocket (colour photo)", "photo"),
+    "camera": ("a man with a camera (grey photo)", "photo"),
+    "moon": ("the moon's surface (grey photo)", "photo"),
+    "coins": ("coins (grey photo)", "photo"),
+    "horse": ("a horse's silhouette (black and white)", "drawing"),
+    "page": ("a scanned book page", "document"),
+    "text": ("a photo of printed text", "document"),
+}
+
+
+def probe_images(size: int = 512, seed: int = 0) -> list[tuple[str, str, Image.Image]]:
+    """(name, kind, image) for each probe: photo, document, drawing, noise or blank."""
+    from skimage import data as samples
+
+    rng = np.random.default_rng(seed)
+    probes = [(name, kind, _image(getattr(samples, name)())) for name, (_, kind) in SKIMAGE_SAMPLES.items()]
+    probes += [
+        ("typed letter", "document", typed_page(size)),
+        ("uniform noise", "noise", Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8))),
+        ("gaussian noise", "noise", Image.fromarray(np.clip(rng.normal(128, 40, (size, size)), 0, 255).astype(np.uint8))),
+        ("colour noise", "noise", Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))),
+        ("white image", "blank", Image.new("L", (size, size), 255)),
+        ("black image", "blank", Image.new("L", (size, size), 0)),
+        ("grey image", "blank", Image.new("RGB", (size, size), (128, 128, 128))),
+        ("grey gradient", "drawing", Image.linear_gradient("L").resize((size, size))),
+    ]
+    return probes
+
+
+def _image(pixels: np.ndarray) -> Image.Image:
+    if pixels.dtype == bool:
+        pixels = pixels.astype(np.uint8) * 255
+    return Image.fromarray(pixels)
+
+
+def typed_page(size: int) -> Image.Image:
+    """A white page of typed lines, like a scanned report or letter."""
+    page = Image.new("L", (size, round(size * 1.3)), 250)
+    draw = ImageDraw.Draw(page)
+    words = "patient history findings impression chest radiograph report signed date clinic".split()
+    rng = np.random.default_rng(1)
+    for line, y in enumerate(range(40, page.height - 40, 22)):
+        text = " ".join(rng.choice(words, size=8))
+        draw.text((40, y), text if line % 7 else text.upper(), fill=20)
+    return page

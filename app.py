@@ -100,8 +100,11 @@ def _open_or_message(image_path: str | None) -> Image.Image | str:
 
 
 def _answering():
-    """The PyTorch model is shared with Grad-CAM's hooks; an ONNX Runtime session is not."""
-    return nullcontext() if classifier.onnx_logits else model_lock
+    """The PyTorch model (and the gate's hooks on it) is shared with Grad-CAM; an ONNX Runtime
+    session is not. An ONNX file exported before the gate existed leaves the gate's features
+    to the PyTorch model, which then needs the lock too."""
+    onnx_alone = classifier.onnx_logits and (classifier.gate is None or classifier.onnx_logits.has_features)
+    return nullcontext() if onnx_alone else model_lock
 
 
 def film_view(image_path: str | None) -> Image.Image | None:

@@ -90,7 +90,7 @@ class WithGateFeatures(nn.Module):
         super().__init__()
         self.model, self.layers = model, list(layers)
         self._maps: dict[str, torch.Tensor] = {}
-        self._hooks = [model.get_submodule(name).register_forward_hook(partial_store(self._maps, name))
+        self._hooks = [model.get_submodule(name).register_forward_hook(_store_output(self._maps, name))
                        for name in self.layers]
 
     def remove(self) -> None:
@@ -105,7 +105,7 @@ class WithGateFeatures(nn.Module):
         return torch.cat([self._maps[name].float().mean(dim=(2, 3)) for name in self.layers], dim=1)
 
 
-def partial_store(store: dict, name: str):
+def _store_output(store: dict, name: str):
     def hook(module, inputs, output):
         store[name] = output
     return hook

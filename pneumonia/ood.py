@@ -56,7 +56,8 @@ def _thumbnail(image: Image.Image) -> Image.Image:
     if max(image.size) <= CHECK_SIDE:
         return image
     small = image.copy()
-    small.thumbnail((CHECK_SIDE, CHECK_SIDE))
+    # PIL's reduce() step, which thumbnail uses by default, has no 16-bit ("I;16") support
+    small.thumbnail((CHECK_SIDE, CHECK_SIDE), reducing_gap=None if image.mode.startswith("I;16") else 2.0)
     return small
 
 

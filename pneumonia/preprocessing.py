@@ -21,6 +21,7 @@ from torchvision import transforms as T
 from pneumonia.augment import Augment
 
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+_GREY_CONVERTIBLE = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"}
 
 
 class UnreadableImage(ValueError):
@@ -107,7 +108,7 @@ def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
         if not isinstance(source, Image.Image):
             check_limits(source, *image.size)  # from the header: nothing decoded yet
         image.load()  # decode now, so a truncated file fails here and not in a transform
-        return ImageOps.exif_transpose(image)
+        return _with_grey_conversion(ImageOps.exif_transpose(image))
     except UnreadableImage:
         raise
     except Image.DecompressionBombError as err:  # PIL's own limit, above ours, hit while reading the header
@@ -117,6 +118,17 @@ def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
                                        "downscaled copy of the film") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UnreadableImage(f"{_describe(source)}: not a readable image ({err})") from err
+
+
+def _with_grey_conversion(image: Image.Image) -> Image.Image:
+    """The image in a mode PIL can turn into grey: e.g. a LAB TIFF goes through RGB first."""
+    if image.mode in _HIGH_BIT_MODES or image.mode in _GREY_CONVERTIBLE:
+        return image
+    try:
+        image.convert("L")
+    except ValueError:
+        return image.convert("RGB")  # LAB: PIL converts it to RGB, and RGB to grey, but not LAB to grey
+    return image
 
 
 def _is_dicom(source: str | Path | bytes) -> bool:

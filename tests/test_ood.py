@@ -133,3 +133,29 @@ def test_an_onnx_file_without_gate_features_falls_back_to_pytorch_features(bundl
     int8.onnx_logits.has_features = False  # as a file exported before the gate existed
     _, features = int8.forward(int8.pixels(films))
     assert torch.allclose(features, bundled.forward(bundled.pixels(films))[1], atol=1e-5)
+
+
+def test_bundled_gate_passes_a_film_in_every_format_users_upload(bundled, data_dir, tmp_path):
+    """The same film as the corpus of issue 9 sends it: every variant must still get an answer."""
+    from tests.test_units import _write_dicom
+
+    film = Image.open(sorted((data_dir / "test" / "PNEUMONIA").iterdir())[5]).convert("L")
+    big = film.resize((1800, 1500), Image.BICUBIC)
+    stored = np.asarray(big, dtype=np.uint16) * 16  # 12-bit
+    Image.fromarray(np.asarray(big, dtype=np.uint16) * 257).save(tmp_path / "16bit.png")
+    big.convert("RGBA").save(tmp_path / "rgba.png")
+    big.convert("P").save(tmp_path / "palette.png")
+    big.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated by 90 degrees
+    big.rotate(90, expand=True).save(tmp_path / "rotated.jpg", exif=exif)
+    for suffix in ("bmp", "tiff", "webp"):
+        big.save(tmp_path / f"film.{suffix}")
+    big.save(tmp_path / "animated.gif", save_all=True, append_images=[big.point(lambda v: 255 - v)])
+    _write_dicom(tmp_path / "mono2.dcm", stored, "MONOCHROME2")
+    _write_dicom(tmp_path / "mono1.dcm", 4095 - stored, "MONOCHROME1")
+    _write_dicom(tmp_path / "windowed.dcm", stored, "MONOCHROME2", WindowCenter=2048, WindowWidth=4096)
+    uploads = sorted(tmp_path.iterdir())
+    readings = bundled.read([pneumonia.open_image(path) for path in uploads])
+    assert len(uploads) == 12
+    assert not [(p.name, r.problem) for p, r in zip(uploads, readings) if r.refused]

@@ -109,6 +109,14 @@ def test_training_transform_without_augmentation_is_the_eval_transform():
     assert augmented.shape == (3, 224, 224) and not torch.allclose(augmented, no_aug(image))
 
 
+def test_a_lab_tiff_is_read_as_grey(tmp_path):
+    gray = _gradient()
+    Image.fromarray(np.stack([gray] * 3, -1), "RGB").convert("LAB").save(tmp_path / "film.tif")
+    image = pneumonia.open_image(tmp_path / "film.tif")  # PIL converts LAB to RGB but not to grey
+    grey = np.asarray(pneumonia.to_model_mode(image).convert("L"), dtype=float)
+    assert image.mode == "RGB" and np.abs(grey - gray).mean() < 3
+
+
 def test_unreadable_bytes_give_a_clear_error():
     with pytest.raises(UnreadableImage, match="not a readable image"):
         pneumonia.open_image(b"this is not an image")

@@ -84,9 +84,6 @@ class Classifier:
         return [Reading(self._by_label(p), image_problem(image) or problem)
                 for image, p, problem in zip(images, probs, feature_problems)]
 
-    def predict_many(self, images: Sequence[Image.Image]) -> list[dict[str, float]]:
-        return [self._by_label(p) for p in self.predict_proba(images)]
-
     def predict(self, image: Image.Image) -> dict[str, float]:
         return self._by_label(self.predict_proba([image])[0])
 

@@ -7,9 +7,9 @@ Two parts, both stored in the model folder (``config.json["ood"]`` and ``ood.saf
 * a feature check: the Mahalanobis distance (Lee et al., NeurIPS 2018: class-conditional
   Gaussians with one shared covariance) of the per-channel means of two feature maps, a
   middle stage and the last, to the training films (the middle stage sees texture and
-  layout, where a page of text or noise differs; the last sees what the classifier uses). Each stage's features are
-  reduced by PCA (at most 256 dimensions) and the covariance is Ledoit-Wolf shrunk, so the
-  fit is stable with thousands of films and thousands of channels. Training fits it on its
+  layout, where a page of text or noise differs; the last sees what the classifier uses).
+  Each stage's features are reduced by PCA (at most 256 dimensions) and the covariance is
+  Ledoit-Wolf shrunk, so the fit is stable with thousands of films and thousands of channels. Training fits it on its
   films under training augmentation (the gate accepts the variation training taught the
   model), and sets the cut-off so that 99% of the clean validation films pass.
 
@@ -84,8 +84,9 @@ def gate_layers(model: nn.Module) -> tuple[list[str], list[int]]:
 class WithGateFeatures(nn.Module):
     """The model, returning (logits, gate features): the per-channel mean of each gate layer's
     feature map, concatenated (not the spread too: int8 ONNX Runtime moves a spread several
-    times more than a mean, and the gate's verdicts then disagree with PyTorch's). Its forward hooks stay on the model, so any
-    forward pass (Grad-CAM's too) leaves the features of its batch in ``last_features()``."""
+    times more than a mean, and the gate's verdicts then disagree with PyTorch's). Its forward
+    hooks stay on the model, so any forward pass (Grad-CAM's too) leaves the features of its
+    batch in ``last_features()``."""
 
     def __init__(self, model: nn.Module, layers: list[str]):
         super().__init__()

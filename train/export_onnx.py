@@ -64,6 +64,13 @@ def export_folder(folder: Path, calibration_rows: datasets.Dataset, parity_rows:
     return found
 
 
+def export_from_splits(folder: Path, splits: datasets.DatasetDict, seed: int, batch_size: int = 32,
+                       num_workers: int = 2, calibration_images: int = CALIBRATION_IMAGES) -> dict:
+    """``export_folder`` calibrated on a seeded sample of the training films, parity on test."""
+    return export_folder(folder, subsample(splits["train"], calibration_images, seed), splits["test"],
+                         batch_size, num_workers)
+
+
 def within_bar(found: dict) -> bool:
     return (found["decision_agreement"] >= PARITY_BAR["decision_agreement"]
             and found["mean_abs_dp"] <= PARITY_BAR["mean_abs_dp"]
@@ -151,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         training = saved_training_config(args.folder)
         splits = load_splits(args.dataset or training["dataset"], training["val_fraction"], training["seed"])
-        found = export_folder(args.folder, subsample(splits["train"], args.calibration_images, training["seed"]),
-                              splits["test"], num_workers=args.num_workers)
+        found = export_from_splits(args.folder, splits, training["seed"], num_workers=args.num_workers,
+                                   calibration_images=args.calibration_images)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

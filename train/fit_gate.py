@@ -131,10 +131,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _export_onnx(folder: Path, splits, training: dict, args) -> None:
-    from train.export_onnx import CALIBRATION_IMAGES, export_folder, parity_summary
+    from train.export_onnx import export_from_splits, parity_summary
 
-    found = export_folder(folder, data.subsample(splits["train"], CALIBRATION_IMAGES, training["seed"]),
-                          splits["test"], args.batch_size, args.num_workers)
+    found = export_from_splits(folder, splits, training["seed"], args.batch_size, args.num_workers)
     print(parity_summary(found))
 
 

@@ -28,7 +28,7 @@ from train import checkpoints, data, fit_gate, optim
 from train.config import TrainConfig, parse_config
 from train.card import write_card
 from train.export import write_model_folder, write_predictions
-from train.export_onnx import CALIBRATION_IMAGES, export_folder, parity_summary
+from train.export_onnx import export_from_splits, parity_summary
 from train.hub import require_token
 from train.evaluation import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
 from train.metrics import binary_metrics
@@ -163,8 +163,7 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
         accelerator.print(fit_gate.summary(fit_gate.fit_folder(output_dir, splits, dataclasses.asdict(config),
                                                                config.batch_size, config.num_workers)))
     if config.export_onnx:  # calibrated on training films, parity on test: no choice is made on it
-        found = export_folder(output_dir, data.subsample(splits["train"], CALIBRATION_IMAGES, config.seed),
-                              splits["test"], config.batch_size, config.num_workers)
+        found = export_from_splits(output_dir, splits, config.seed, config.batch_size, config.num_workers)
         accelerator.print(parity_summary(found))
     accelerator.print(summary_line("shifted validation", metrics["shifted_validation"]))
     accelerator.print(f"{summary_line('test', metrics['test'])} (threshold {threshold:.3f}, T {temperature:.2f}) -> {output_dir}")

@@ -235,7 +235,7 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
                 gr.Examples(example_files, inputs=upload, label="Examples: test films of the Kermany data set (CC BY 4.0)")
         with gr.Column(scale=2):
             # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
-            verdict = gr.Markdown(label="Decision at the model's operating threshold")
+            verdict = gr.Markdown(label="Decision at the model's operating threshold", elem_id="verdict")
             probability_bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
             with gr.Row():
                 film = gr.Image(label="The film, as read (DICOM: windowed)", type="pil", elem_id="film")

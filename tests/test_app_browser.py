@@ -39,7 +39,14 @@ def _served_p(image) -> float:
     return pneumonia.load_classifier(str(BUNDLED_MODEL), backend="auto").predict(pneumonia.open_image(image))["PNEUMONIA"]
 
 
-def test_upload_shows_bars_decision_and_heatmap(page, app_url, data_dir, tmp_path):
+def _verdict(page) -> str:
+    """The decision's heading as the page shows it (the Markdown's "### NORMAL" is an <h3>)."""
+    heading = page.locator("#verdict h3")
+    heading.wait_for()
+    return heading.inner_text().strip()
+
+
+def test_upload_shows_bars_decision_and_heatmap(page, app_url, film, tmp_path):
     page.goto(app_url)
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
@@ -47,13 +54,14 @@ def test_upload_shows_bars_decision_and_heatmap(page, app_url, data_dir, tmp_pat
     page.get_by_text("notes.png is not a readable image").first.wait_for()  # the message, in the page
 
     page.goto(app_url)  # a fresh page, as a user who tries again
-    image = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[0]
+    image = film("PNEUMONIA")  # recorded P(PNEUMONIA) 0.968, threshold 0.509
     page.set_input_files("input[type=file]", str(image))
     bar = page.locator('[data-testid="PNEUMONIA-confidence-set"] meter')
     bar.wait_for()
     assert int(bar.get_attribute("aria-valuenow")) == round(100 * _served_p(image))
     assert page.locator('[data-testid="NORMAL-confidence-set"]').count() == 1
-    page.get_by_text("operating threshold").first.wait_for()
+    assert _verdict(page) == "PNEUMONIA"
+    page.get_by_text("is at or above the model's operating threshold").first.wait_for()
     page.locator("#film img").wait_for()  # the film itself, beside...
     page.locator("#heatmap img").wait_for()  # ...the Grad-CAM overlay, which follows the answer
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -63,11 +71,12 @@ def test_upload_shows_bars_decision_and_heatmap(page, app_url, data_dir, tmp_pat
 
 def test_a_bundled_example_is_one_click_away(page, app_url):
     page.goto(app_url)
-    example = ROOT / "examples" / "NORMAL" / "IM-0001-0001.jpeg"
+    example = ROOT / "examples" / "NORMAL" / "IM-0001-0001.jpeg"  # recorded P(PNEUMONIA) 0.033
     page.get_by_text(example.name).first.click()
     bar = page.locator('[data-testid="PNEUMONIA-confidence-set"] meter')
     bar.wait_for()
     assert int(bar.get_attribute("aria-valuenow")) == round(100 * _served_p(example))
+    assert _verdict(page) == "NORMAL"
     page.locator("#film img").wait_for()
 
 
@@ -78,7 +87,7 @@ def test_a_photo_is_refused_in_the_page_with_no_bars(page, app_url, tmp_path):
     Image.fromarray(samples.chelsea()).save(tmp_path / "cat.jpg")
     page.goto(app_url)
     page.set_input_files("input[type=file]", str(tmp_path / "cat.jpg"))
-    page.get_by_text("NOT ASSESSED").first.wait_for()
+    assert _verdict(page) == "NOT ASSESSED"
     page.get_by_text("does not look like a chest X-ray this model was trained on").first.wait_for()
     page.locator("#film img").wait_for()  # the user sees what was refused
     assert page.locator('[data-testid="PNEUMONIA-confidence-set"]').count() == 0

@@ -1,8 +1,6 @@
 """The app as users meet it: a live server started by the test, called with gradio_client."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -11,7 +9,7 @@ from PIL import Image
 
 import pneumonia
 from tests.conftest import BUNDLED_MODEL as BUNDLED
-from tests.test_units import _write_dicom
+from tests.conftest import clear_films
 
 pytestmark = pytest.mark.slow
 
@@ -25,23 +23,28 @@ def _p_pneumonia(label: dict) -> float:
     return next(c["confidence"] for c in label["confidences"] if c["label"] == "PNEUMONIA")
 
 
-def test_real_xrays_and_dicom_through_the_api(server, data_dir, tmp_path):
-    image = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[0]
+def test_real_xrays_and_dicom_through_the_api(server, film, write_dicom, tmp_path):
+    image = film("PNEUMONIA")  # recorded P(PNEUMONIA) 0.968 on PyTorch
     label, decision = server.predict(handle_file(str(image)), api_name="/predict")
-    # served by the bundled int8 ONNX model: what it gives in-process, and within its parity with PyTorch
+    # served by the bundled int8 ONNX model: what it gives in-process (measured: equal to 1e-7)
     int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").predict(pneumonia.open_image(image))
-    assert _p_pneumonia(label) == pytest.approx(int8["PNEUMONIA"], abs=1e-5)
-    recorded = next(line.split(",")[3] for line in (BUNDLED / "predictions.csv").read_text().splitlines()
-                    if line.startswith(f"test,{image.name},"))
-    parity = json.loads((BUNDLED / "metrics.json").read_text())["onnx"]["int8"]
-    assert abs(_p_pneumonia(label) - float(recorded)) <= parity["max_abs_dp"] + 1e-6
-    assert "threshold" in decision
+    assert _p_pneumonia(label) == pytest.approx(int8["PNEUMONIA"], abs=1e-6)
+    assert decision.startswith("### PNEUMONIA\n")
     with Image.open(server.predict(handle_file(str(image)), api_name="/heatmap")) as shown:
         assert shown.mode == "RGB" and shown.size == (224, 224)
     xray = np.asarray(Image.open(image).convert("L"), dtype=np.uint16) * 16
-    mono1 = server.predict(handle_file(str(_write_dicom(tmp_path / "m1.dcm", 4095 - xray, "MONOCHROME1"))), api_name="/predict")
-    mono2 = server.predict(handle_file(str(_write_dicom(tmp_path / "m2.dcm", xray, "MONOCHROME2"))), api_name="/predict")
+    mono1 = server.predict(handle_file(str(write_dicom(tmp_path / "m1.dcm", 4095 - xray, "MONOCHROME1"))), api_name="/predict")
+    mono2 = server.predict(handle_file(str(write_dicom(tmp_path / "m2.dcm", xray, "MONOCHROME2"))), api_name="/predict")
     assert _p_pneumonia(mono1[0]) == pytest.approx(_p_pneumonia(mono2[0]), abs=1e-6)
+
+
+def test_the_verdict_over_http_is_the_side_of_the_threshold_the_film_falls_on(server, data_dir):
+    clear = clear_films(BUNDLED)
+    picked = [row for label in ("NORMAL", "PNEUMONIA") for row in [r for r in clear if r["expected"] == label][:2]]
+    for row in picked:
+        label, decision = server.predict(handle_file(str(data_dir / "test" / row["label"] / row["file"])), api_name="/predict")
+        assert decision.startswith(f"### {row['expected']}\n"), (row, decision)
+        assert abs(_p_pneumonia(label) - row["p_pneumonia"]) <= 0.06  # int8 vs PyTorch: at most 0.051 on the 624 test films
 
 
 def _bad_files(tmp_path, good):
@@ -54,8 +57,8 @@ def _bad_files(tmp_path, good):
     return [truncated, not_an_image, report]
 
 
-def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, data_dir, tmp_path):
-    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, film, tmp_path):
+    good = film("NORMAL")
     for bad in _bad_files(tmp_path, good):
         with pytest.raises(ValidationError, match=f"{bad.name} is not a readable image: upload a PNG, JPEG or DICOM"):
             server.predict(handle_file(str(bad)), api_name="/predict")
@@ -67,8 +70,7 @@ def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, data_dir,
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
 
-
-def test_what_is_not_a_chest_xray_is_refused_through_the_api(server, data_dir, tmp_path):
+def test_what_is_not_a_chest_xray_is_refused_through_the_api(server, film, tmp_path):
     from skimage import data as samples
 
     rng = np.random.default_rng(0)
@@ -81,12 +83,12 @@ def test_what_is_not_a_chest_xray_is_refused_through_the_api(server, data_dir, t
         assert label["label"] == "not a chest X-ray" and not label.get("confidences"), (name, label)
         assert decision.startswith("### NOT ASSESSED") and "does not look like a chest X-ray" in decision
         assert server.predict(handle_file(str(tmp_path / name)), api_name="/heatmap") is None
-    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+    good = film("NORMAL")  # recorded P(PNEUMONIA) 0.033
     label, decision = server.predict(handle_file(str(good)), api_name="/predict")  # a film still gets its answer
-    assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"} and "threshold" in decision
+    assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"} and decision.startswith("### NORMAL\n")
 
 
-def test_uploads_outside_the_limits_are_named_with_the_limit(server, data_dir, tmp_path):
+def test_uploads_outside_the_limits_are_named_with_the_limit(server, film, tmp_path):
     from tests.test_input_limits import png, png_header_only
 
     cases = {"dot.png": (png(1, 1), "dot.png: 1x1 px is too small: the shorter side must be at least 64 px"),
@@ -96,11 +98,12 @@ def test_uploads_outside_the_limits_are_named_with_the_limit(server, data_dir, t
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ValidationError, match=message):
             server.predict(handle_file(str(tmp_path / name)), api_name="/predict")
-    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+    good = film("NORMAL")
     label, _ = server.predict(handle_file(str(good)), api_name="/predict")  # and the server keeps serving
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
-def test_an_upload_over_100_mb_is_refused_with_the_limit(server, app_url, data_dir, tmp_path):
+
+def test_an_upload_over_100_mb_is_refused_with_the_limit(server, app_url, film, tmp_path):
     import httpx
 
     huge = tmp_path / "huge.dcm"
@@ -113,13 +116,13 @@ def test_an_upload_over_100_mb_is_refused_with_the_limit(server, app_url, data_d
     with huge.open("rb") as f:  # a raw HTTP upload is refused by the server
         answer = httpx.post(app_url + "gradio_api/upload", files={"files": ("huge.dcm", f)}, timeout=120)
     assert answer.status_code == 413 and "maximum allowed size of 104857600 bytes" in answer.text
-    good = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
+    good = film("NORMAL")
     label, _ = server.predict(handle_file(str(good)), api_name="/predict")
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
 
-def test_concurrent_callers_share_batches_and_a_bad_file_fails_alone(server, data_dir, tmp_path):
-    goods = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[:6]
+def test_concurrent_callers_share_batches_and_a_bad_file_fails_alone(server, film, tmp_path):
+    goods = [film("PNEUMONIA", i) for i in range(6)]
     alone = {image: _p_pneumonia(server.predict(handle_file(str(image)), api_name="/predict")[0]) for image in goods}
     jobs = [server.submit(handle_file(str(path)), api_name="/predict")
             for path in [*goods[:3], *_bad_files(tmp_path, goods[0])[:1], *goods[3:]]]

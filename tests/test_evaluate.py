@@ -22,18 +22,13 @@ EVALUATE = (sys.executable, "-m", "train.evaluate")
 
 
 @pytest.fixture(scope="module")
-def model_dir(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "cnn"
-    result = run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(out), *TINY,
-                     "--intensity", "clahe", "--crop-borders")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
+def model_dir(trained_model):
+    return trained_model  # the session's trained model (clahe, border crop, gate): read, never written
 
 
-def _hospital_films(data_dir, folder):
+def _hospital_films(film, folder):
     """A full-resolution PNG, a 12-bit DICOM and a broken file, listed in a CSV."""
-    normal = sorted((data_dir / "test" / "NORMAL").iterdir())[0]
-    sick = sorted((data_dir / "test" / "PNEUMONIA").iterdir())[0]
+    normal, sick = film("NORMAL"), film("PNEUMONIA")
     folder.mkdir()
     Image.open(normal).convert("L").resize((1800, 1500), Image.BICUBIC).save(folder / "normal_full.png")
     pixels = np.asarray(Image.open(sick).convert("L"), dtype=np.uint16) * 16
@@ -43,8 +38,9 @@ def _hospital_films(data_dir, folder):
     return folder / "films.csv"
 
 
-def test_csv_of_png_dicom_and_broken_file_gives_metrics_and_card(model_dir, data_dir, tmp_path):
-    films = _hospital_films(data_dir, tmp_path / "hospital")
+def test_csv_of_png_dicom_and_broken_file_gives_metrics_and_card(trained_copy, film, tmp_path):
+    model_dir = trained_copy  # --card writes into the folder
+    films = _hospital_films(film, tmp_path / "hospital")
     out = tmp_path / "report"
     result = run_cli(model_dir.as_posix(), str(films), "--name", "Hospital X", "--output-dir", str(out),
                      "--card", "--num-workers", "0", launcher=EVALUATE)
@@ -72,14 +68,14 @@ def test_csv_of_png_dicom_and_broken_file_gives_metrics_and_card(model_dir, data
     assert next(r for r in named if r.metric_type == "f1").metric_value == report["f1"]
 
 
-def test_the_gate_names_the_films_the_app_would_refuse(data_dir, tmp_path):
+def test_the_gate_names_the_films_the_app_would_refuse(film, tmp_path):
     from skimage import data as samples
 
     from tests.conftest import BUNDLED_MODEL
 
     folder = tmp_path / "mixed"
     folder.mkdir()
-    films = [sorted((data_dir / "test" / label).iterdir())[0] for label in ("NORMAL", "PNEUMONIA")]
+    films = [film(label) for label in ("NORMAL", "PNEUMONIA")]
     Image.fromarray(samples.coffee()).save(folder / "cup.png")  # a photo filed as a film by mistake
     Image.fromarray(samples.page()).save(folder / "scan.png")
     (folder / "films.csv").write_text("file,label\n" + "".join(f"{f},{f.parent.name}\n" for f in films)

@@ -89,18 +89,6 @@ def test_gate_features_are_the_channel_means_of_the_chosen_maps(preset):
     assert not any(module._forward_hooks for module in model.modules())
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return pneumonia.load_classifier(str(BUNDLED))
-
-
-def test_bundled_gate_is_recorded_as_it_behaves(bundled):
-    config, metrics = (json.loads((BUNDLED / name).read_text()) for name in ("config.json", "metrics.json"))
-    assert bundled.gate is not None and bundled.gate.cutoff == config["ood"]["cutoff"]
-    assert metrics["ood"]["splits"]["validation"]["pass_rate"] >= 0.99
-    assert metrics["onnx"]["int8"]["gate_agreement"] >= 0.99
-
-
 def test_bundled_gate_passes_the_example_films_and_refuses_what_is_not_an_xray(bundled, tmp_path):
     from skimage import data as samples
 
@@ -127,19 +115,17 @@ def test_bundled_gate_passes_the_example_films_and_refuses_what_is_not_an_xray(b
     assert [r.refused for r in int8.read([pneumonia.open_image(tmp_path / n) for n in others])] == [True] * len(others)
 
 
-def test_an_onnx_file_without_gate_features_falls_back_to_pytorch_features(bundled, data_dir):
-    films = [pneumonia.open_image(p) for p in sorted((data_dir / "test" / "NORMAL").iterdir())[:3]]
+def test_an_onnx_file_without_gate_features_falls_back_to_pytorch_features(bundled, film):
+    films = [pneumonia.open_image(film("NORMAL", i)) for i in range(3)]
     int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8")
     int8.onnx_logits.has_features = False  # as a file exported before the gate existed
     _, features = int8.forward(int8.pixels(films))
     assert torch.allclose(features, bundled.forward(bundled.pixels(films))[1], atol=1e-5)
 
 
-def test_bundled_gate_passes_a_film_in_every_format_users_upload(bundled, data_dir, tmp_path):
+def test_bundled_gate_passes_a_film_in_every_format_users_upload(bundled, film, write_dicom, tmp_path):
     """The same film as the corpus of issue 9 sends it: every variant must still get an answer."""
-    from tests.test_units import _write_dicom
-
-    film = Image.open(sorted((data_dir / "test" / "PNEUMONIA").iterdir())[5]).convert("L")
+    film = Image.open(film("PNEUMONIA", 5)).convert("L")
     big = film.resize((1800, 1500), Image.BICUBIC)
     stored = np.asarray(big, dtype=np.uint16) * 16  # 12-bit
     Image.fromarray(np.asarray(big, dtype=np.uint16) * 257).save(tmp_path / "16bit.png")
@@ -152,9 +138,9 @@ def test_bundled_gate_passes_a_film_in_every_format_users_upload(bundled, data_d
     for suffix in ("bmp", "tiff", "webp"):
         big.save(tmp_path / f"film.{suffix}")
     big.save(tmp_path / "animated.gif", save_all=True, append_images=[big.point(lambda v: 255 - v)])
-    _write_dicom(tmp_path / "mono2.dcm", stored, "MONOCHROME2")
-    _write_dicom(tmp_path / "mono1.dcm", 4095 - stored, "MONOCHROME1")
-    _write_dicom(tmp_path / "windowed.dcm", stored, "MONOCHROME2", WindowCenter=2048, WindowWidth=4096)
+    write_dicom(tmp_path / "mono2.dcm", stored, "MONOCHROME2")
+    write_dicom(tmp_path / "mono1.dcm", 4095 - stored, "MONOCHROME1")
+    write_dicom(tmp_path / "windowed.dcm", stored, "MONOCHROME2", WindowCenter=2048, WindowWidth=4096)
     uploads = sorted(tmp_path.iterdir())
     readings = bundled.read([pneumonia.open_image(path) for path in uploads])
     assert len(uploads) == 12

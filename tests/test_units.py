@@ -16,7 +16,6 @@ from pneumonia.preprocessing import UnreadableImage
 from train.config import TrainConfig, build_parser, parse_config
 from train.data import patient_id, split_by_patient
 from train.metrics import binary_metrics, choose_threshold, expected_calibration_error, fit_temperature
-from train.shift import dicom_bytes
 
 
 @pytest.mark.parametrize("name, patient", [
@@ -229,16 +228,11 @@ def test_hub_dataset_offline_gives_a_clear_error():
         load_splits("/no/such/folder", val_fraction=0.15, seed=0)
 
 
-def _write_dicom(path: Path, stored: np.ndarray, photometric: str, **extra) -> Path:
-    path.write_bytes(dicom_bytes(stored, photometric, **extra))
-    return path
-
-
-def test_dicom_monochrome1_and_2_give_the_model_the_same_input(data_dir, tmp_path):
-    xray = np.asarray(Image.open(next((data_dir / "test" / "PNEUMONIA").iterdir())).convert("L"), dtype=np.uint16)
+def test_dicom_monochrome1_and_2_give_the_model_the_same_input(film, write_dicom, tmp_path):
+    xray = np.asarray(Image.open(film("PNEUMONIA")).convert("L"), dtype=np.uint16)
     stored = xray * 16  # 12-bit
-    mono2 = _write_dicom(tmp_path / "mono2.dcm", stored, "MONOCHROME2", RescaleSlope=1, RescaleIntercept=0)
-    mono1 = _write_dicom(tmp_path / "mono1", 4095 - stored, "MONOCHROME1")  # no suffix: found by its DICM magic
+    mono2 = write_dicom(tmp_path / "mono2.dcm", stored, "MONOCHROME2", RescaleSlope=1, RescaleIntercept=0)
+    mono1 = write_dicom(tmp_path / "mono1", 4095 - stored, "MONOCHROME1")  # no suffix: found by its DICM magic
     transform = pneumonia.build_transform(pneumonia.data_config_of(pneumonia.create_model("cnn")))
     from_mono2 = transform(pneumonia.open_image(mono2))
     assert torch.allclose(transform(pneumonia.open_image(mono1)), from_mono2, atol=1e-5)

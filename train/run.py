@@ -55,11 +55,7 @@ def train(config: TrainConfig) -> None:
     checkpoints.check_output_dir(config)
     if config.push_to_hub:
         require_token()  # now, not after hours of training
-    set_seed(config.seed)
-    model = create_model(
-        config.model, pretrained=config.pretrained, pretrained_file=config.pretrained_file,
-        image_size=config.image_size, cnn_width=config.cnn_width,
-    )
+    model = initial_model(config)
     data_config = data_config_of(model)
     preprocessing = XrayPreprocessing(config.intensity, config.crop_borders)
     with accelerator.main_process_first():  # the main process builds the datasets cache first
@@ -105,6 +101,16 @@ def train(config: TrainConfig) -> None:
     # rank that exits with gloo's threads running can abort (SIGABRT, pytorch/pytorch#190489).
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def initial_model(config: TrainConfig) -> torch.nn.Module:
+    """The run's model before its first step. Seeded, so the saved training_config.json rebuilds
+    it exactly: tests compare the trained weights with it."""
+    set_seed(config.seed)
+    return create_model(
+        config.model, pretrained=config.pretrained, pretrained_file=config.pretrained_file,
+        image_size=config.image_size, cnn_width=config.cnn_width,
+    )
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config) -> dict:

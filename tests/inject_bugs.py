@@ -1,0 +1,93 @@
+"""Inject the bugs the suite must catch, one at a time, into a copy of this checkout, and list
+the tests that fail for each (a bug no test fails on is a hole in the suite).
+
+    .venv/bin/python tests/inject_bugs.py                          # every bug, fast tier (make test-fast)
+    .venv/bin/python tests/inject_bugs.py --tier slow --only flipped-verdict
+    .venv/bin/python tests/inject_bugs.py --only dead-optimizer -- tests/test_train_cli.py
+
+Each bug is one textual change to one file. If its text is no longer there, the script stops
+and says so: the code moved on, and the bug must be rewritten to match it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.conftest import DATA  # noqa: E402  (the copy reads the real X-rays from where this checkout does)
+
+# name: (file, text, replacement, what a user would meet)
+BUGS = {
+    "flipped-verdict": ("pneumonia/modeling.py", "probs[POSITIVE_LABEL] >= self.threshold",
+                        "probs[POSITIVE_LABEL] < self.threshold", "every NORMAL film reads PNEUMONIA and the reverse"),
+    "dropped-equalisation": ("pneumonia/preprocessing.py", 'if preprocessing.intensity != "none":', "if False:",
+                             "inputs skip the histogram equalisation the model was trained with"),
+    "dropped-border-crop": ("pneumonia/preprocessing.py", "([crop_borders] if preprocessing.crop_borders else [])",
+                            "[]", "a model trained with --crop-borders never has its margins cropped"),
+    "no-temperature": ("pneumonia/modeling.py", "torch.softmax(logits.float() / temperature, dim=-1)",
+                       "torch.softmax(logits.float(), dim=-1)", "probabilities are not calibrated"),
+    "dead-optimizer": ("train/run.py", "            optimizer.step()\n", "            pass  # optimizer.step()\n",
+                       "training runs, records metrics and learns nothing"),
+    "open-gate": ("pneumonia/ood.py", "None if s <= self.cutoff else", "None if s == s else",
+                  "photos, pages and noise get a diagnosis"),
+    "swapped-labels": ("pneumonia/modeling.py", 'label_names=tuple(config.get("label_names") or LABEL_NAMES)',
+                       'label_names=tuple(reversed(config.get("label_names") or LABEL_NAMES))',
+                       "the probabilities are shown under each other's names"),
+    "heat-map-of-normal": ("pneumonia/gradcam.py", "label: str = POSITIVE_LABEL", 'label: str = "NORMAL"',
+                           "the heat map shows what argues for NORMAL"),
+    "ci-skips-quietly": ("tests/conftest.py", 'ON_CI = os.environ.get("CI", "")', 'ON_CI = False and os.environ.get("CI", "")',
+                         "CI passes with the data folder missing"),
+}
+TIERS = {"fast": ["-m", "not slow"], "slow": ["-m", "slow"], "all": []}
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".pytest_cache", "__pycache__", "runs", "test-artifacts", "checkpoints")
+
+
+def copy_with_bug(name: str, target: Path) -> Path:
+    """The checkout as it is on disk (uncommitted changes included), with one bug in it."""
+    shutil.copytree(ROOT, target, ignore=COPY_IGNORE, symlinks=True)
+    (target / ".venv").symlink_to(ROOT / ".venv")
+    file, text, replacement, _ = BUGS[name]
+    source = (target / file).read_text()
+    if source.count(text) != 1:
+        raise SystemExit(f"error: bug {name}: {file} holds {source.count(text)} copies of {text!r}, not 1; rewrite the bug")
+    (target / file).write_text(source.replace(text, replacement))
+    return target
+
+
+def failing_tests(copy: Path, tier: str, extra: list[str]) -> tuple[list[str], str]:
+    """The tests that fail (or error) in ``copy``, and pytest's last line."""
+    env = {**os.environ, "PNEUMONIA_TEST_DATA": str(DATA)}
+    result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+                             *TIERS[tier], *extra], cwd=copy, env=env, capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    failed = sorted({re.sub(r" - .*", "", line.split(" ", 1)[1]) for line in lines if line.startswith(("FAILED ", "ERROR "))})
+    if result.returncode not in (0, 1):  # a run that stopped: that is caught too, by the whole run
+        failed.append(f"(the run stopped, exit {result.returncode})")
+    return failed, lines[-1] if lines else result.stderr.strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tier", choices=TIERS, default="fast")
+    parser.add_argument("--only", nargs="+", choices=BUGS, default=list(BUGS))
+    parser.add_argument("pytest_args", nargs="*", help="after --: which tests to run (default: the tier's)")
+    args = parser.parse_args()
+    print(f"| bug | what a user meets | tests that fail ({args.tier} tier) | pytest's summary |\n|---|---|---|---|")
+    for name in args.only:
+        started = time.time()
+        with tempfile.TemporaryDirectory(prefix=f"bug-{name}-") as tmp:
+            failed, summary = failing_tests(copy_with_bug(name, Path(tmp) / "main"), args.tier, args.pytest_args)
+        caught = "<br>".join(f"`{test}`" for test in failed) or "**none: not caught**"
+        print(f"| {name} | {BUGS[name][3]} | {caught} | {summary.strip('= ')} ({time.time() - started:.0f} s) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

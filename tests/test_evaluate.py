@@ -21,11 +21,6 @@ TINY = ("--epochs", "1", "--max-train-samples", "24", "--max-eval-samples", "16"
 EVALUATE = (sys.executable, "-m", "train.evaluate")
 
 
-@pytest.fixture(scope="module")
-def model_dir(trained_model):
-    return trained_model  # the session's trained model (clahe, border crop, gate): read, never written
-
-
 def _hospital_films(film, folder):
     """A full-resolution PNG, a 12-bit DICOM and a broken file, listed in a CSV."""
     normal, sick = film("NORMAL"), film("PNEUMONIA")
@@ -89,11 +84,11 @@ def test_the_gate_names_the_films_the_app_would_refuse(film, tmp_path):
     assert "the out-of-distribution gate refuses 2 of 4 films (the metrics include them): cup.png, scan.png" in result.stdout
 
 
-def test_kaggle_folder_split_and_class_folders(model_dir, data_dir, tmp_path):
+def test_kaggle_folder_split_and_class_folders(trained_model, data_dir, tmp_path):
     data = link_subset(data_dir, tmp_path / "kaggle", per_class=5)
     for source, extra in ((data, ["--split", "test"]), (data / "train", [])):
         out = tmp_path / f"report-{source.name}"
-        result = run_cli(str(model_dir), str(source), "--output-dir", str(out), "--num-workers", "0", *extra,
+        result = run_cli(str(trained_model), str(source), "--output-dir", str(out), "--num-workers", "0", *extra,
                          launcher=EVALUATE)
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads((out / "metrics.json").read_text())
@@ -111,10 +106,10 @@ def test_kaggle_folder_split_and_class_folders(model_dir, data_dir, tmp_path):
     (lambda d: d.joinpath("gone.csv").write_text("file,label\na.png,NORMAL\n"), ["{d}/gone.csv"],
      "none of its 1 files is a readable image"),
 ])
-def test_bad_input_gets_one_line_error(make, args, message, model_dir, tmp_path):
+def test_bad_input_gets_one_line_error(make, args, message, trained_model, tmp_path):
     make(tmp_path)
     args = [a.format(d=tmp_path) for a in args]
-    model = str(model_dir)
+    model = str(trained_model)
     if "--model-hub" in args:
         args.remove("--model-hub")
         model, args = "hf-hub:someone/pneumonia", [*args, "--card"]

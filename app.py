@@ -8,6 +8,7 @@ Research and education only: not a diagnosis.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from contextlib import nullcontext
@@ -19,6 +20,7 @@ from PIL import Image
 from pneumonia import POSITIVE_LABEL, Reading, UsageError, load_classifier, open_image, to_model_mode
 from pneumonia.backends import BACKENDS
 from pneumonia.gradcam import overlay
+from pneumonia.ood import UPLOAD_INSTEAD
 from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-resnet18-half"
@@ -39,7 +41,8 @@ try:
     classifier = load_classifier(MODEL_SOURCE, backend=_backend())  # once, at start-up
 except UsageError as err:
     raise SystemExit(f"error: PNEUMONIA_MODEL / PNEUMONIA_BACKEND: {err}") from None
-model_lock = threading.Lock()  # Grad-CAM hooks the PyTorch model: one batch at a time uses it
+model_lock = threading.Lock()
+log = logging.getLogger("app")  # each upload's outcome and gate scores (the page shows words only)  # Grad-CAM hooks the PyTorch model: one batch at a time uses it
 
 
 def _max_batch_size() -> int:
@@ -70,8 +73,11 @@ def gate_summary() -> str:
     if classifier.gate is None:
         return ("**The out-of-distribution gate is off**: this model folder has none, so any image gets an answer, "
                 "X-ray or not (fit one with `python -m train.fit_gate FOLDER`).")
-    return ("Images that do not look like the chest X-rays the model was trained on (photos, documents, blank "
-            "images) are refused, not classified.")
+    if classifier.gate.heads is None:
+        return ("Images that do not look like the chest X-rays the model was trained on (photos, documents, blank "
+                "images) are refused, not classified.")
+    return ("Uploads that are not a frontal chest X-ray (CT or MRI slices, other body parts, side views, photos, "
+            "documents) are refused, not classified; adults' films are answered with a caution.")
 
 
 def examples() -> list[str]:
@@ -129,22 +135,43 @@ def predict(image_path: str | None) -> dict[str, float]:
     return reading.probabilities
 
 
-REFUSED = "not a chest X-ray"  # the API's label for a refused upload: no probabilities, no bars
+REFUSED = "not assessed"  # the label of a refused upload: no probabilities, no bars
 
 
 def refusal(reading: Reading) -> str:
-    return (f"The upload does not look like a chest X-ray this model was trained on: {reading.problem}. "
-            "No diagnosis is given; upload a frontal chest X-ray (PNG, JPEG or DICOM).")
+    return f"This upload is not assessed: {reading.reason}. No diagnosis is given; {UPLOAD_INSTEAD}."
+
+
+def caution() -> str:
+    """Why an adult's film is answered only with a caution, with what was measured on such films."""
+    adults = classifier.metrics.get("ood", {}).get("adult_films")
+    measured = (f" Of {adults['films']} healthy adults' films from another source, it called "
+                f"{adults['called_pneumonia']:.0%} PNEUMONIA." if adults else "")
+    return ("Caution: this looks like an adult's chest film. The model learned from children aged 1 to 5 "
+            f"and is not made for adults.{measured}")
 
 
 def decision(reading: Reading) -> str:
+    """The outcome in words, headed by the decision (### NORMAL, ### PNEUMONIA or ### NOT ASSESSED)."""
     if reading.refused:
         return f"### NOT ASSESSED\n{refusal(reading)}"
     probs = reading.probabilities
     verdict = classifier.decide(probs)
     side = "at or above" if verdict == POSITIVE_LABEL else "below"
-    return (f"### {verdict}\nP(PNEUMONIA) = {probs[POSITIVE_LABEL]:.3f} is {side} the model's operating threshold "
-            f"{classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the longer bar.")
+    warning = f"> **{caution()}**\n\n" if reading.outcome == "caution" else ""
+    return (f"### {verdict}\n{warning}P(PNEUMONIA) = {probs[POSITIVE_LABEL]:.3f} is {side} the model's operating "
+            f"threshold {classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the "
+            "longer bar.")
+
+
+def outcome(reading: Reading) -> dict:
+    """/predict's third output, for API callers: the outcome without parsing prose, and the scores."""
+    answered = not reading.refused
+    return {"outcome": reading.outcome, "kind": reading.kind,
+            "reason": reading.reason or (caution() if reading.outcome == "caution" else None),
+            "decision": classifier.decide(reading.probabilities) if answered else None,
+            "p_pneumonia": reading.probabilities[POSITIVE_LABEL] if answered else None,
+            "threshold": classifier.threshold, "scores": reading.scores}
 
 
 def bars(reading: Reading) -> dict[str, float] | str:
@@ -206,15 +233,20 @@ def _per_upload(image: list[str | None], answer_all) -> list:
     return [next(answers) if isinstance(item, Image.Image) else item for item in opened]
 
 
-def classify_batch(image: list[str | None]) -> tuple[list, list]:
-    """The /predict endpoint: bars and decision for up to MAX_BATCH_SIZE queued uploads, from
-    one forward pass (ONNX Runtime when the model folder has it)."""
+def classify_batch(image: list[str | None]) -> tuple[list, list, list]:
+    """The /predict endpoint: bars, decision and outcome for up to MAX_BATCH_SIZE queued uploads,
+    from one forward pass (ONNX Runtime when the model folder has it)."""
     def answer_all(images):
         with _answering():
             return classifier.read(images)
 
-    rows = [(bars(found), decision(found)) if isinstance(found, Reading) else (None, found)
-            for found in _per_upload(image, answer_all)]
+    rows = []
+    for path, found in zip(image, _per_upload(image, answer_all)):
+        if isinstance(found, Reading):
+            log.info("%s: %s %s %s", Path(path).name, found.outcome, found.kind or "", found.scores)
+            rows.append((bars(found), decision(found), outcome(found)))
+        else:
+            rows.append((None, found, {"outcome": "unreadable", "reason": found}))
     return tuple(list(column) for column in zip(*rows))
 
 
@@ -237,6 +269,7 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
             # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
             verdict = gr.Markdown(label="Decision at the model's operating threshold", elem_id="verdict")
             probability_bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
+            reading = gr.JSON(visible=False)  # for API callers: outcome, reason, scores
             with gr.Row():
                 film = gr.Image(label="The film, as read (DICOM: windowed)", type="pil", elem_id="film")
                 heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil",
@@ -247,9 +280,12 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     # it up. Each step runs one batch at a time: requests that arrive meanwhile gather into
     # the next batch instead of a second, smaller one waiting on the model.
     batched = {"validator": check_uploads, "batch": True, "max_batch_size": MAX_BATCH_SIZE, "concurrency_limit": 1}
-    answered = upload.change(classify_batch, inputs=upload, outputs=[probability_bars, verdict], api_name="predict", **batched)
+    answered = upload.change(classify_batch, inputs=upload, outputs=[probability_bars, verdict, reading],
+                             api_name="predict", **batched)
     answered.success(heat_map_batch, inputs=upload, outputs=heatmap, api_name="heatmap", **batched)
     demo.queue(max_size=64)
 
 if __name__ == "__main__":
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
+    log.setLevel(logging.INFO)
     demo.launch(show_error=True, max_file_size=MAX_UPLOAD)  # gr.Error messages reach API callers too

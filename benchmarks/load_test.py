@@ -86,12 +86,12 @@ def outcome(client: Client, kind: str, path: Path, message: str | None) -> str:
     """What the upload got: "answer" (bars), "refused" (the gate's verdict), "its message" (a
     bad file's own message), "wrong message", or "error: ..." (anything else)."""
     try:
-        label, decision = client.predict(handle_file(str(path)), api_name="/predict")
+        label, decision, reading = client.predict(handle_file(str(path)), api_name="/predict")
     except (ValidationError, AppError) as err:
         return "its message" if message and message in str(err) else f"wrong message: {err}"
     except Exception as err:  # noqa: BLE001 - counted and reported, never hidden
         return f"error: {type(err).__name__}: {err}"
-    if label.get("label") == "not a chest X-ray" and "NOT ASSESSED" in decision:
+    if reading["outcome"] == "refuse" and "NOT ASSESSED" in decision:
         return "refused"
     if {c["label"] for c in label.get("confidences") or []} == {"NORMAL", "PNEUMONIA"}:
         return "answer"

@@ -25,7 +25,9 @@ class OnnxLogits:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-        self.has_features = len(self.session.get_outputs()) > 1  # exported with the gate's features
+        outputs = self.session.get_outputs()
+        self.has_features = len(outputs) > 1  # exported with the gate's features
+        self.feature_width = outputs[1].shape[-1] if self.has_features else 0
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.run(pixels)[0]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from pneumonia import backends
 from pneumonia.gradcam import grad_cam
-from pneumonia.ood import GATE_FILE, OodGate, WithGateFeatures, gate_layers, image_problem
+from pneumonia.ood import GATE_FILE, REASONS, OodGate, Verdict, WithGateFeatures, image_verdict
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, UsageError
 from pneumonia.preprocessing import XrayPreprocessing, build_transform, data_config_of
 
@@ -26,15 +26,24 @@ def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tenso
 
 @dataclass
 class Reading:
-    """What the model makes of one image: its calibrated probabilities and, when the folder has an
-    out-of-distribution gate that refused the image, why (the probabilities then mean nothing)."""
+    """What the model makes of one image: its calibrated probabilities and the out-of-distribution
+    gate's outcome: "answer", "caution" (``kind`` "adult": answered, with a caution) or "refuse"
+    (``kind`` says what it looks like, see ``pneumonia.ood.REASONS``; the probabilities then mean
+    nothing). ``scores`` are the gate's numbers behind the outcome, for the log and the API."""
 
     probabilities: dict[str, float]
-    problem: str | None = None
+    outcome: str = "answer"
+    kind: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def refused(self) -> bool:
-        return self.problem is not None
+        return self.outcome == "refuse"
+
+    @property
+    def reason(self) -> str | None:
+        """Why it was refused, in plain words; None when it was answered."""
+        return REASONS[self.kind] if self.refused else None
 
 
 @dataclass
@@ -52,7 +61,9 @@ class Classifier:
 
     def __post_init__(self):
         # Hooks on the model give the gate its features from any forward pass, Grad-CAM's included.
-        self.tapped = WithGateFeatures(self.model, self.gate.layers) if self.gate else None
+        self.tapped = WithGateFeatures(self.model, self.gate.layers, self.gate.halves) if self.gate else None
+        if self.onnx_logits and self.gate and self.onnx_logits.feature_width != self.gate.feature_width:
+            self.onnx_logits.has_features = False  # exported before this gate: its features come from PyTorch
 
     def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The model's input batch (N, 3, H, W), preprocessed as in training's evaluation."""
@@ -80,9 +91,9 @@ class Classifier:
     def _readings(self, images, probs: torch.Tensor, features: torch.Tensor | None) -> list[Reading]:
         if self.gate is None:
             return [Reading(self._by_label(p)) for p in probs]
-        feature_problems = self.gate.problems(features.detach().cpu().numpy())
-        return [Reading(self._by_label(p), image_problem(image) or problem)
-                for image, p, problem in zip(images, probs, feature_problems)]
+        verdicts = self.gate.verdicts(features.detach().cpu().numpy())
+        return [_reading(self._by_label(p), image_verdict(image) or verdict)
+                for image, p, verdict in zip(images, probs, verdicts)]
 
     def predict(self, image: Image.Image) -> dict[str, float]:
         return self._by_label(self.predict_proba([image])[0])
@@ -104,6 +115,10 @@ class Classifier:
     @property
     def _negative_label(self) -> str:
         return next(name for name in self.label_names if name != POSITIVE_LABEL)
+
+
+def _reading(probabilities: dict[str, float], verdict: Verdict) -> Reading:
+    return Reading(probabilities, verdict.outcome, verdict.kind, verdict.scores)
 
 
 def _file(source: str, name: str) -> Path | None:
@@ -147,7 +162,7 @@ def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
         raise UsageError(f"{source}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
     model = timm.create_model(source, pretrained=True).eval()
     chosen, onnx_file = _onnx_backend(source, backend)
-    gate = _gate(source, config)
+    gate = _gate(source, config, chosen)
     return Classifier(
         model=model,
         transform=build_transform(data_config_of(model), XrayPreprocessing.from_config(config)),
@@ -162,12 +177,14 @@ def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
     )
 
 
-def _gate(source: str, config: dict) -> OodGate | None:
-    """The folder's out-of-distribution gate; None for a folder trained before gates existed."""
+def _gate(source: str, config: dict, backend: str) -> OodGate | None:
+    """The folder's out-of-distribution gate, calibrated on ``backend``'s own features where the
+    folder has such a calibration (int8 ONNX does); None for a folder trained before gates existed."""
     if "ood" not in config:
         return None
-    path = _file(source, config["ood"].get("file", GATE_FILE))
+    settings = config["ood"].get("backends", {}).get(backend, config["ood"])
+    path = _file(source, settings.get("file", GATE_FILE))
     if path is None:
-        raise UsageError(f"{source}: config.json has an out-of-distribution gate but {GATE_FILE} is missing; "
-                         "copy it beside config.json, or fit it again with `python -m train.fit_gate FOLDER`")
-    return OodGate.load(path, config["ood"])
+        raise UsageError(f"{source}: config.json has an out-of-distribution gate but {settings.get('file', GATE_FILE)} "
+                         "is missing; copy it beside config.json, or fit it again with `python -m train.fit_gate FOLDER`")
+    return OodGate.load(path, settings)

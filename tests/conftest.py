@@ -22,6 +22,7 @@ from tests.live_app import start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PNEUMONIA_TEST_DATA") or ROOT.parent / "shared" / "data" / "chest_xray")
+SCOPE = Path(os.environ.get("PNEUMONIA_TEST_SCOPE") or ROOT.parent / "shared" / "data" / "scope")
 BUNDLED_MODEL = ROOT / "models" / "pneumonia-resnet18-half"
 LABELS = ("NORMAL", "PNEUMONIA")
 ON_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -45,8 +46,15 @@ def missing_data() -> str | None:
     return None
 
 
+def missing_scope() -> str | None:
+    """Why the scope images (what the gate must refuse or caution on) cannot be read, or None."""
+    if not (SCOPE / "provenance.csv").is_file():
+        return f"the scope images were not found at {SCOPE} (no provenance.csv)"
+    return None
+
+
 def pytest_sessionstart(session):
-    if ON_CI and (problem := missing_data()):
+    if ON_CI and (problem := missing_data() or missing_scope()):
         pytest.exit(f"CI needs the whole suite, and {problem}. Put ../shared beside the checkout "
                     "(or set PNEUMONIA_TEST_DATA); unset CI to let these tests skip instead.", returncode=3)
 
@@ -67,6 +75,37 @@ def data_dir() -> Path:
     if problem := missing_data():
         pytest.skip(f"{problem}; they sit in ../shared beside the checkout, or set PNEUMONIA_TEST_DATA")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def scope_set():
+    """The real CT, MRI, other-body-part, side-view and adult films of ../shared/data/scope."""
+    if problem := missing_scope():
+        pytest.skip(f"{problem}; they sit in ../shared beside the checkout, or set PNEUMONIA_TEST_SCOPE")
+    from train.scope import load_scope
+
+    return load_scope(SCOPE)
+
+
+@pytest.fixture(scope="session")
+def small_scope(scope_set, tmp_path_factory) -> Path:
+    """A scope folder of 3 real images from each source (symlinks and their provenance rows): what
+    the CLI runs of the suite fit their gates on, in seconds rather than minutes."""
+    folder = tmp_path_factory.mktemp("scope")
+    with (SCOPE / "provenance.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    kept, per_source = [], {}
+    for row in rows:
+        if per_source.setdefault(row["repo"], 0) < 3:
+            per_source[row["repo"]] += 1
+            kept.append(row)
+            (folder / row["file"]).parent.mkdir(exist_ok=True)
+            (folder / row["file"]).symlink_to(SCOPE / row["file"])
+    with (folder / "provenance.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -110,19 +149,19 @@ def link_subset(source: Path, target: Path, per_class: int, splits=("train", "te
 
 
 # The one small model the suite trains for the app, evaluate, publish and learning tests: the real
-# CLI on 192 real films for 48 steps, with the non-default preprocessing, the gate and ONNX. Enough
-# steps to learn (test_learning.py states by how much), and about 40 s on 2 cores.
+# CLI on 192 real films for 48 steps, with the non-default preprocessing, the gate (fitted on the
+# small scope set) and ONNX. Enough steps to learn (test_learning.py states by how much).
 TRAINED_ARGS = ("--model", "cnn", "--image-size", "64", "--epochs", "4", "--max-train-samples", "192",
                 "--max-eval-samples", "96", "--batch-size", "16", "--num-workers", "0",
                 "--intensity", "clahe", "--crop-borders")
 
 
 @pytest.fixture(scope="session")
-def trained_model(data_dir, tmp_path_factory) -> Path:
+def trained_model(data_dir, small_scope, tmp_path_factory) -> Path:
     """A model folder written by `python -m train` on real films. Shared by the whole session:
     read it, never write into it (take ``trained_copy`` for that)."""
     out = tmp_path_factory.mktemp("trained") / "cnn"
-    result = run_cli(*TRAINED_ARGS, "--dataset", str(data_dir), "--output-dir", str(out))
+    result = run_cli(*TRAINED_ARGS, "--scope-data", str(small_scope), "--dataset", str(data_dir), "--output-dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -225,8 +264,14 @@ def bundled_readings(bundled, bundled_test_films) -> dict[str, list]:
 
 
 @pytest.fixture(scope="session")
-def app_url(data_dir):
-    """One live server of the bundled model for the API and browser tests."""
+def live_app(data_dir):
+    """One live server of the bundled model for the API and browser tests: (process, url); the
+    process's ``log_path`` holds what it logs."""
     process, url = start_app({"PNEUMONIA_MODEL": str(BUNDLED_MODEL)})
-    yield url
+    yield process, url
     stop_app(process)
+
+
+@pytest.fixture(scope="session")
+def app_url(live_app):
+    return live_app[1]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.conftest import DATA  # noqa: E402  (the copy reads the real X-rays from where this checkout does)
+from tests.conftest import DATA, SCOPE  # noqa: E402  (the copy reads the real X-rays from where this checkout does)
 
 # name: (file, text, replacement, what a user would meet)
 BUGS = {
@@ -36,8 +36,8 @@ BUGS = {
                        "torch.softmax(logits.float(), dim=-1)", "probabilities are not calibrated"),
     "dead-optimizer": ("train/run.py", "            optimizer.step()\n", "            pass  # optimizer.step()\n",
                        "training runs, records metrics and learns nothing"),
-    "open-gate": ("pneumonia/ood.py", "None if s <= self.cutoff else", "None if s == s else",
-                  "photos, pages and noise get a diagnosis"),
+    "open-gate": ("pneumonia/modeling.py", "image_verdict(image) or verdict)", "image_verdict(image) or Verdict())",
+                  "CT slices, side views and grey photos get a diagnosis"),
     "swapped-labels": ("pneumonia/modeling.py", 'label_names=tuple(config.get("label_names") or LABEL_NAMES)',
                        'label_names=tuple(reversed(config.get("label_names") or LABEL_NAMES))',
                        "the probabilities are shown under each other's names"),
@@ -54,6 +54,7 @@ def copy_with_bug(name: str, target: Path) -> Path:
     """The checkout as it is on disk (uncommitted changes included), with one bug in it."""
     shutil.copytree(ROOT, target, ignore=COPY_IGNORE, symlinks=True)
     (target / ".venv").symlink_to(ROOT / ".venv")
+    (target.parent / "shared").symlink_to(ROOT.parent / "shared")  # ../shared beside the copy, as beside this checkout
     file, text, replacement, _ = BUGS[name]
     source = (target / file).read_text()
     if source.count(text) != 1:
@@ -64,7 +65,7 @@ def copy_with_bug(name: str, target: Path) -> Path:
 
 def failing_tests(copy: Path, tier: str, extra: list[str]) -> tuple[list[str], str]:
     """The tests that fail (or error) in ``copy``, and pytest's last line."""
-    env = {**os.environ, "PNEUMONIA_TEST_DATA": str(DATA)}
+    env = {**os.environ, "PNEUMONIA_TEST_DATA": str(DATA), "PNEUMONIA_TEST_SCOPE": str(SCOPE)}
     result = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
                              *TIERS[tier], *extra], cwd=copy, env=env, capture_output=True, text=True)
     lines = result.stdout.splitlines()

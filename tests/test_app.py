@@ -24,7 +24,7 @@ def app(trained_model, tmp_path_factory):
     """The app on the shared trained model without its ONNX files and gate, as a folder trained
     before either existed: it still serves, on PyTorch, and says that the gate is off."""
     folder = tmp_path_factory.mktemp("old") / "cnn"
-    shutil.copytree(trained_model, folder, ignore=shutil.ignore_patterns("checkpoints", "*.onnx", "ood.safetensors"))
+    shutil.copytree(trained_model, folder, ignore=shutil.ignore_patterns("checkpoints", "*.onnx", "ood*.safetensors"))
     config = json.loads((folder / "config.json").read_text())
     del config["ood"]
     (folder / "config.json").write_text(json.dumps(config))
@@ -64,22 +64,27 @@ def test_what_is_not_a_chest_xray_gets_a_refusal_and_no_bars(bundled_app, film, 
 
     assert bundled_app.classifier.gate is not None and "are refused, not classified" in bundled_app.model_summary()
     Image.fromarray(samples.coffee()).save(tmp_path / "cup.jpg")
-    Image.fromarray(samples.text()).save(tmp_path / "text.png")
+    Image.fromarray(samples.page()).save(tmp_path / "page.png")
     Image.new("L", (400, 400), 255).save(tmp_path / "white.png")
-    reasons = {"cup.jpg": "it is a colour image", "text.png": "its features are unlike the training films'",
-               "white.png": "it is blank"}
+    kinds = {"cup.jpg": "colour", "page.png": "photo_or_document", "white.png": "blank"}
     xray = str(film("PNEUMONIA"))
-    uploads = [str(tmp_path / name) for name in reasons]
-    bars, words = bundled_app.classify_batch([uploads[0], xray, *uploads[1:]])
+    uploads = [str(tmp_path / name) for name in kinds]
+    bars, words, outcomes = bundled_app.classify_batch([uploads[0], xray, *uploads[1:]])
     (heatmaps,) = bundled_app.heat_map_batch([uploads[0], xray, *uploads[1:]])
-    for i, (name, reason) in zip([0, 2, 3], reasons.items()):
+    for i, (name, kind) in zip([0, 2, 3], kinds.items()):
         assert bars[i] == bundled_app.REFUSED and heatmaps[i] is None
-        assert words[i].startswith("### NOT ASSESSED\nThe upload does not look like a chest X-ray this model was "
-                                   "trained on: " + reason), words[i]
-        with pytest.raises(gr.Error, match="does not look like a chest X-ray"):
+        assert words[i] == f"### NOT ASSESSED\nThis upload is not assessed: {pneumonia.ood.REASONS[kind]}. No diagnosis " \
+                           f"is given; {pneumonia.ood.UPLOAD_INSTEAD}.", words[i]
+        assert outcomes[i]["outcome"] == "refuse" and outcomes[i]["kind"] == kind and outcomes[i]["decision"] is None
+        assert not any(character.isdigit() for character in words[i])  # plain words: the scores go to the API
+        with pytest.raises(gr.Error, match="is not assessed"):
             bundled_app.predict(str(tmp_path / name))
     assert bars[1] == pytest.approx(bundled_app.predict(xray), abs=1e-5) and heatmaps[1] is not None
     assert words[1].startswith("### PNEUMONIA\n")  # recorded P(PNEUMONIA) 0.968, threshold 0.509
+    assert outcomes[1] | {"scores": None} == {"outcome": "answer", "kind": None, "reason": None, "decision": "PNEUMONIA",
+                                             "p_pneumonia": bars[1]["PNEUMONIA"], "threshold": bundled_app.classifier.threshold,
+                                             "scores": None}
+    assert set(outcomes[1]["scores"]) == {"distance", "not_frontal_chest", "adult"}
 
 
 @pytest.mark.slow
@@ -169,11 +174,33 @@ def test_full_resolution_upload_and_its_dicom_get_what_training_evaluation_gives
 def test_a_batch_answers_each_upload_as_if_alone(app, film, tmp_path):
     goods = [str(film("PNEUMONIA", i)) for i in range(3)]
     gone = str(tmp_path / "deleted-after-upload.png")  # passed the check, then vanished
-    bars, words = app.classify_batch([goods[0], gone, *goods[1:]])
+    bars, words, outcomes = app.classify_batch([goods[0], gone, *goods[1:]])
     (heatmaps,) = app.heat_map_batch([goods[0], gone, *goods[1:]])
     assert bars[1] is None and heatmaps[1] is None and "deleted-after-upload.png is not a readable image" in words[1]
+    assert outcomes[1]["outcome"] == "unreadable" and outcomes[0]["outcome"] == "answer"  # this folder has no gate
     for i, path in zip([0, 2, 3], goods):
         alone = app.predict(path)
         assert bars[i] == pytest.approx(alone, abs=1e-5)
         assert words[i].startswith(f"### {expected_verdict(bars[i]['PNEUMONIA'], app.classifier.threshold)}\n")
         assert np.allclose(np.asarray(heatmaps[i], float), np.asarray(app.heat_map(path), float), atol=2)
+
+
+def _scope_file(scope_set, category: str) -> str:
+    return str(next(path for path in scope_set.files if path.parent.name == category))
+
+
+def test_an_adults_film_gets_its_answer_under_a_caution_and_a_side_view_ct_or_mri_is_refused(bundled_app, scope_set):
+    files = {category: _scope_file(scope_set, category) for category in ("adult_frontal", "lateral", "ct", "mri")}
+    bars, words, outcomes = bundled_app.classify_batch(list(files.values()))
+    (heatmaps,) = bundled_app.heat_map_batch(list(files.values()))
+    adults = bundled_app.classifier.metrics["ood"]["adult_films"]
+    assert outcomes[0]["outcome"] == "caution" and outcomes[0]["kind"] == "adult" and heatmaps[0] is not None
+    heading, caution = words[0].splitlines()[:2]
+    assert heading == f"### {outcomes[0]['decision']}" and set(bars[0]) == {"NORMAL", "PNEUMONIA"}
+    assert caution == (f"> **Caution: this looks like an adult's chest film. The model learned from children aged 1 to 5 "
+                       f"and is not made for adults. Of {adults['films']} healthy adults' films from another source, it "
+                       f"called {adults['called_pneumonia']:.0%} PNEUMONIA.**")
+    for i, kind in enumerate(["lateral", "ct", "mri"], start=1):
+        assert bars[i] == bundled_app.REFUSED and heatmaps[i] is None
+        assert outcomes[i]["outcome"] == "refuse" and outcomes[i]["kind"] == kind
+        assert words[i].startswith(f"### NOT ASSESSED\nThis upload is not assessed: {pneumonia.ood.REASONS[kind]}")

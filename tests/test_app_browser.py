@@ -88,7 +88,30 @@ def test_a_photo_is_refused_in_the_page_with_no_bars(page, app_url, tmp_path):
     page.goto(app_url)
     page.set_input_files("input[type=file]", str(tmp_path / "cat.jpg"))
     assert _verdict(page) == "NOT ASSESSED"
-    page.get_by_text("does not look like a chest X-ray this model was trained on").first.wait_for()
+    page.get_by_text("This upload is not assessed: it is a colour image, not an X-ray (a photo?)").first.wait_for()
     page.locator("#film img").wait_for()  # the user sees what was refused
     assert page.locator('[data-testid="PNEUMONIA-confidence-set"]').count() == 0
     page.screenshot(path=SCREENSHOTS / "app-refused.png", full_page=True)
+
+
+def test_a_side_view_and_a_ct_are_refused_and_an_adults_film_is_answered_under_a_caution(page, app_url, scope_set):
+    def upload(folder: str) -> None:
+        page.goto(app_url)
+        page.set_input_files("input[type=file]", next(str(p) for p in scope_set.files if p.parent.name == folder))
+
+    for folder, reason in (("lateral", "it looks like a side view (lateral) of the chest"),
+                           ("ct", "it looks like a CT slice, not a plain X-ray film")):
+        upload(folder)
+        assert _verdict(page) == "NOT ASSESSED"
+        page.get_by_text(f"This upload is not assessed: {reason}").first.wait_for()
+        page.locator("#film img").wait_for()
+        assert page.locator('[data-testid="PNEUMONIA-confidence-set"]').count() == 0
+        assert page.locator("#heatmap img").count() == 0
+    upload("adult_frontal")
+    assert _verdict(page) in ("NORMAL", "PNEUMONIA")
+    caution = page.get_by_text("Caution: this looks like an adult's chest film").first
+    bar = page.locator('[data-testid="PNEUMONIA-confidence-set"] meter')
+    bar.wait_for()
+    assert caution.bounding_box()["y"] < bar.bounding_box()["y"]  # the caution stands above the bars
+    page.locator("#heatmap img").wait_for()
+    page.screenshot(path=SCREENSHOTS / "app-caution.png", full_page=True)

@@ -1,6 +1,8 @@
 """The app as users meet it: a live server started by the test, called with gradio_client."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -25,7 +27,7 @@ def _p_pneumonia(label: dict) -> float:
 
 def test_real_xrays_and_dicom_through_the_api(server, film, write_dicom, tmp_path):
     image = film("PNEUMONIA")  # recorded P(PNEUMONIA) 0.968 on PyTorch
-    label, decision = server.predict(handle_file(str(image)), api_name="/predict")
+    label, decision, _ = server.predict(handle_file(str(image)), api_name="/predict")
     # served by the bundled int8 ONNX model: what it gives in-process (measured: equal)
     int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").predict(pneumonia.open_image(image))
     assert _p_pneumonia(label) == pytest.approx(int8["PNEUMONIA"], abs=1e-6)
@@ -42,7 +44,7 @@ def test_the_verdict_over_http_is_the_side_of_the_threshold_the_film_falls_on(se
     clear = clear_films(BUNDLED)
     picked = [row for label in ("NORMAL", "PNEUMONIA") for row in [r for r in clear if r["expected"] == r["label"] == label][:2]]
     for row in picked:
-        label, decision = server.predict(handle_file(str(data_dir / "test" / row["label"] / row["file"])), api_name="/predict")
+        label, decision, _ = server.predict(handle_file(str(data_dir / "test" / row["label"] / row["file"])), api_name="/predict")
         assert decision.startswith(f"### {row['expected']}\n"), (row, decision)
         assert abs(_p_pneumonia(label) - row["p_pneumonia"]) <= 0.06  # int8 vs PyTorch: at most 0.051 on the 624 test films
 
@@ -57,6 +59,28 @@ def _bad_files(tmp_path, good):
     return [truncated, not_an_image, report]
 
 
+def test_a_child_an_adult_a_side_view_and_a_ct_get_their_outcomes_through_the_api(server, live_app, film, scope_set):
+    """The outcome travels as JSON (the third output), so callers need not parse the prose."""
+    uploads = {"answer": str(film("PNEUMONIA")), **{kind: next(str(p) for p in scope_set.files if p.parent.name == folder)
+                                                 for kind, folder in (("caution", "adult_frontal"), ("lateral", "lateral"),
+                                                                      ("ct", "ct"))}}
+    for expected, path in uploads.items():
+        label, decision, reading = server.predict(handle_file(path), api_name="/predict")
+        assert set(reading["scores"]) == {"distance", "not_frontal_chest", "adult"}
+        if expected in ("answer", "caution"):
+            assert reading["outcome"] == expected and reading["decision"] in ("NORMAL", "PNEUMONIA")
+            assert decision.startswith(f"### {reading['decision']}\n") and label["confidences"]
+            assert ("Caution: this looks like an adult's chest film" in decision) == (expected == "caution")
+        else:
+            assert (reading["outcome"], reading["kind"], reading["decision"]) == ("refuse", expected, None)
+            assert label == {"label": "not assessed", "confidences": None} and reading["reason"] in decision
+            assert server.predict(handle_file(path), api_name="/heatmap") is None
+    logged = live_app[0].log_path.read_text()  # the scores go to the log, a line per upload
+    assert all(f"{Path(path).name}: {outcome}" in logged for outcome, path in
+               (("answer", uploads["answer"]), ("caution adult", uploads["caution"]), ("refuse lateral", uploads["lateral"])))
+    assert "'not_frontal_chest': " in logged
+
+
 def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, film, tmp_path):
     good = film("NORMAL")
     for bad in _bad_files(tmp_path, good):
@@ -66,7 +90,7 @@ def test_bad_uploads_get_messages_and_the_server_keeps_serving(server, film, tmp
         server.predict(None, api_name="/predict")
     with pytest.raises(ValidationError, match="notes.png is not a readable image"):
         server.predict(handle_file(str(tmp_path / "notes.png")), api_name="/heatmap")
-    label, _ = server.predict(handle_file(str(good)), api_name="/predict")
+    label, *_ = server.predict(handle_file(str(good)), api_name="/predict")
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
 
@@ -79,12 +103,12 @@ def test_what_is_not_a_chest_xray_is_refused_through_the_api(server, film, tmp_p
               "blank.png": Image.new("L", (256, 256), 0)}
     for name, image in others.items():
         image.save(tmp_path / name)
-        label, decision = server.predict(handle_file(str(tmp_path / name)), api_name="/predict")
-        assert label["label"] == "not a chest X-ray" and not label.get("confidences"), (name, label)
-        assert decision.startswith("### NOT ASSESSED") and "does not look like a chest X-ray" in decision
+        label, decision, _ = server.predict(handle_file(str(tmp_path / name)), api_name="/predict")
+        assert label["label"] == "not assessed" and not label.get("confidences"), (name, label)
+        assert decision.startswith("### NOT ASSESSED\nThis upload is not assessed: ")
         assert server.predict(handle_file(str(tmp_path / name)), api_name="/heatmap") is None
     good = film("NORMAL")  # recorded P(PNEUMONIA) 0.033
-    label, decision = server.predict(handle_file(str(good)), api_name="/predict")  # a film still gets its answer
+    label, decision, _ = server.predict(handle_file(str(good)), api_name="/predict")  # a film still gets its answer
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"} and decision.startswith("### NORMAL\n")
 
 
@@ -99,7 +123,7 @@ def test_uploads_outside_the_limits_are_named_with_the_limit(server, film, tmp_p
         with pytest.raises(ValidationError, match=message):
             server.predict(handle_file(str(tmp_path / name)), api_name="/predict")
     good = film("NORMAL")
-    label, _ = server.predict(handle_file(str(good)), api_name="/predict")  # and the server keeps serving
+    label, *_ = server.predict(handle_file(str(good)), api_name="/predict")  # and the server keeps serving
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
 
@@ -117,7 +141,7 @@ def test_an_upload_over_100_mb_is_refused_with_the_limit(server, app_url, film, 
         answer = httpx.post(app_url + "gradio_api/upload", files={"files": ("huge.dcm", f)}, timeout=120)
     assert answer.status_code == 413 and "maximum allowed size of 104857600 bytes" in answer.text
     good = film("NORMAL")
-    label, _ = server.predict(handle_file(str(good)), api_name="/predict")
+    label, *_ = server.predict(handle_file(str(good)), api_name="/predict")
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"}
 
 

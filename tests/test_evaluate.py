@@ -17,7 +17,7 @@ from train.shift import dicom_bytes
 pytestmark = pytest.mark.slow
 
 TINY = ("--epochs", "1", "--max-train-samples", "24", "--max-eval-samples", "16", "--batch-size", "8",
-        "--num-workers", "0", "--image-size", "64")
+        "--num-workers", "0", "--image-size", "64", "--no-ood-gate")
 EVALUATE = (sys.executable, "-m", "train.evaluate")
 
 
@@ -80,8 +80,30 @@ def test_the_gate_names_the_films_the_app_would_refuse(film, tmp_path):
                      launcher=EVALUATE)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
-    assert report["n"] == 4 and report["ood_refused"] == 2 and report["ood_refused_files"] == ["cup.png", "scan.png"]
-    assert "the out-of-distribution gate refuses 2 of 4 films (the metrics include them): cup.png, scan.png" in result.stdout
+    assert report["n"] == 4 and report["ood_refused"] == 2 and report["ood_files"]["refuse"] == ["cup.png", "scan.png"]
+    # IM-0001-0001.jpeg, a darker test film, reads as an adult's to the bundled gate: cautioned, and named
+    assert report["ood_outcomes"] == {"answer": 1, "caution": 1, "refuse": 2}
+    assert ("the out-of-distribution gate, of 4 films: answer 1 (25.0%), caution 1 (25.0%), refuse 2 (50.0%) "
+            "[caution: IM-0001-0001.jpeg; refuse: cup.png, scan.png] (the metrics include them all)") in result.stdout
+
+
+def test_outcome_shares_of_any_folder_of_images(scope_set, tmp_path):
+    from tests.conftest import BUNDLED_MODEL
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    linked = {category: [p for p in scope_set.files if p.parent.name == category][:3] for category in ("lateral", "adult_frontal")}
+    for path in linked["lateral"] + linked["adult_frontal"]:
+        (folder / path.name).symlink_to(path)
+    (folder / "notes.txt").write_text("not an image")  # skipped: not a picture
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = run_cli(str(BUNDLED_MODEL), str(folder), "--outcomes", "--output-dir", str(tmp_path / "report"),
+                     "--num-workers", "0", launcher=EVALUATE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads((tmp_path / "report" / "outcomes.json").read_text())
+    assert found["images"] == 6 and found["skipped_unreadable"] == 1
+    assert found["shares"] == {"answer": 0.0, "caution": 0.5, "refuse": 0.5}
+    assert sorted(found["files"]["refuse"]) == sorted(p.name for p in linked["lateral"])
 
 
 def test_kaggle_folder_split_and_class_folders(trained_model, data_dir, tmp_path):

@@ -59,7 +59,9 @@ def test_every_run_gets_a_card_whose_model_index_holds_its_test_metrics(run_fold
         assert (run_folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({plot})" in card.text
     assert "not a diagnosis" in card.text and "Kermany" in card.text and "hf-hub:USER/pneumonia-cnn" in card.text
     assert f"{metrics['validation']['f1']:.3f}" in card.text  # validation numbers in the text
-    assert "## Out-of-distribution gate" in card.text and f"{metrics['ood']['splits']['test']['films']} |" in card.text
+    assert "## What it judges: the out-of-distribution gate" in card.text and f"{metrics['ood']['splits']['test']['films']} |" in card.text
+    lateral = metrics["ood"]["scope"]["leave_one_source_out"]["lateral"]  # the table per scope category
+    assert f"| lateral | {lateral['images']} | {100 * lateral['refused']:.1f}% (" in card.text
 
 
 @pytest.mark.slow
@@ -70,7 +72,8 @@ def test_publish_uploads_exactly_the_model_files(run_folder, hub, capsys):
     assert (upload, upload_repo, upload_kw["repo_type"]) == ("upload_folder", "someone/pneumonia-cnn", "model")
     sent = _uploaded(run_folder, upload_kw["allow_patterns"])
     exported = {path.name for path in run_folder.glob("*.onnx")}  # training exports them by default
-    assert "model.onnx" in exported and sent == set(MODEL_FILES) | exported | {"ood.safetensors"}
+    gates = {path.name for path in run_folder.glob("ood*.safetensors")}  # the gate, and int8's own calibration
+    assert "model.onnx" in exported and "ood.safetensors" in gates and sent == set(MODEL_FILES) | exported | gates
     assert not any(name.startswith("checkpoints") for name in sent)
     assert "hf-hub:someone/pneumonia-cnn" in (run_folder / "README.md").read_text()
     assert TOKEN not in capsys.readouterr().out
@@ -164,7 +167,7 @@ def test_what_users_download_gives_the_training_probabilities(run_folder, hub, d
 
 
 @pytest.mark.slow
-def test_training_with_push_to_hub(data_dir, tmp_path, hub):
+def test_training_with_push_to_hub(data_dir, small_scope, tmp_path, hub):
     from train.run import main as train_main
 
     offline = run_cli("--dataset", str(data_dir), "--output-dir", str(tmp_path / "never"), "--push-to-hub", "someone/x")
@@ -172,8 +175,10 @@ def test_training_with_push_to_hub(data_dir, tmp_path, hub):
 
     train_main(["--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
                 "--max-train-samples", "16", "--max-eval-samples", "16", "--batch-size", "8", "--num-workers", "0",
-                "--image-size", "64", "--push-to-hub", "someone/pneumonia-cnn", "--hub-private"])
+                "--image-size", "64", "--push-to-hub", "someone/pneumonia-cnn", "--hub-private",
+                "--scope-data", str(small_scope)])
     (_, repo_id, create_kw), (_, _, upload_kw) = hub
     assert repo_id == "someone/pneumonia-cnn" and create_kw["private"] is True
     exported = {path.name for path in (tmp_path / "run").glob("*.onnx")}
-    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES) | exported | {"ood.safetensors"}
+    gates = {path.name for path in (tmp_path / "run").glob("ood*.safetensors")}
+    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES) | exported | gates

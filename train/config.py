@@ -64,7 +64,10 @@ class TrainConfig:
         "validation, or best specificity with sensitivity >= 0.95 on validation", ("balanced", "f1", "sensitivity95"),
     )
     export_onnx: bool = _opt(True, "also write model.onnx and a parity-checked model.int8.onnx (train.export_onnx)")
-    ood_gate: bool = _opt(True, "fit the out-of-distribution gate that refuses non-X-rays (train.fit_gate)")
+    ood_gate: bool = _opt(True, "fit the out-of-distribution gate that refuses what is not a child's frontal chest "
+                          "film and cautions on adults' films (train.fit_gate)")
+    scope_data: str | None = _opt(None, "images the gate learns to refuse or caution on (a folder with provenance.csv, "
+                                  "see train/scope.py); default: ../shared/data/scope beside the checkout, when there")
     weights_dtype: str = _opt("float32", "dtype of model.safetensors; float16 halves the file", ("float32", "float16"))
     # run control
     resume: bool = _opt(False, "continue the run in --output-dir from its last checkpoint")

@@ -16,7 +16,7 @@ from sklearn.model_selection import train_test_split
 
 from pneumonia.presets import LABEL_NAMES, UsageError
 from pneumonia.augment import Augment
-from pneumonia.ood import image_problem
+from pneumonia.ood import image_check
 from pneumonia.preprocessing import UnreadableImage, XrayPreprocessing, build_transform, open_image
 from train.shift import shifted_film
 
@@ -165,7 +165,7 @@ class XrayDataset(torch.utils.data.Dataset):
             if self.perturb is not None:
                 image = self.perturb(image, _file_name(row["image"], index))
             pixels, readable = self.transform(image), True
-            odd = self.check_images and image_problem(image) is not None
+            odd = self.check_images and image_check(image) is not None
         except UnreadableImage as err:
             logger.warning("skipping unreadable image %s", err)
             pixels, readable = torch.zeros(self.input_size), False

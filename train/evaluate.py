@@ -3,9 +3,11 @@
     python -m train.evaluate runs/cnn ../shared/data/chest_xray            # a Kaggle-layout folder (--split test)
     python -m train.evaluate hf-hub:USER/pneumonia-vgg16 films.csv         # file,label rows: PNG, JPEG or DICOM
     python -m train.evaluate runs/cnn data/chest-xray-pneumonia --card     # the parquet dataset; add it to the card
+    python -m train.evaluate runs/cnn ../shared/data/scope/ct --outcomes   # any folder of images: outcome shares only
 
 The model's own preprocessing, temperature and threshold are applied, as in the app. The
-metrics are the ones training reports; an unreadable file is named, counted and skipped.
+metrics are the ones training reports; an unreadable file is named, counted and skipped. The
+out-of-distribution gate's outcomes (answer, caution, refuse) are counted and named too.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -29,6 +32,7 @@ from train.export import write_predictions
 from train.fit_gate import gate_features
 from train.metrics import binary_metrics
 
+OUTCOMES = ("answer", "caution", "refuse")
 _LABELS = {name.lower(): index for index, name in enumerate(LABEL_NAMES)} | {"0": 0, "1": 1}
 _DATA_HINT = ("give a CSV of file,label rows, a folder holding NORMAL/ and PNEUMONIA/ (or SPLIT/NORMAL, "
               "SPLIT/PNEUMONIA), a folder written by dataset_script/, or a Hub dataset id")
@@ -53,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="what to call the data in the report and the card; default: its file or folder name")
     parser.add_argument("--output-dir", type=Path, help="where to write the report; default: evaluations/NAME")
     parser.add_argument("--card", action="store_true", help="add the result to the local model folder's metrics.json and card")
+    parser.add_argument("--outcomes", action="store_true", help="any folder of images, unlabelled: count the gate's "
+                                                                 "outcomes (answer, caution, refuse) and nothing else")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
     return parser.parse_args(argv)
@@ -61,9 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def evaluate(args: argparse.Namespace) -> dict:
     card_folder = _card_folder(args.model) if args.card else None  # refuse before the work, not after
     name = args.name or Path(args.data.rstrip("/")).stem
+    output_dir = args.output_dir or Path("evaluations") / name
+    if args.outcomes:
+        return count_outcomes(pneumonia.load_classifier(args.model), _any_images(Path(args.data)), name, output_dir,
+                              args.batch_size, args.num_workers)
     rows = load_labelled(args.data, args.split)
     classifier = pneumonia.load_classifier(args.model)
-    found = score(classifier, rows, name, args.output_dir or Path("evaluations") / name, args.batch_size, args.num_workers)
+    found = score(classifier, rows, name, output_dir, args.batch_size, args.num_workers)
     if card_folder:
         add_to_card(card_folder, name, found)
     return found
@@ -83,6 +93,17 @@ def load_labelled(source: str, split: str) -> datasets.Dataset:
     if split not in splits:
         raise UsageError(f"{source} has no split {split!r} (it has {', '.join(splits)}); pick one with --split")
     return splits[split].select_columns(["image", "label"])
+
+
+def _any_images(folder: Path) -> datasets.Dataset:
+    """Every file below ``folder``, unlabelled (label 0 stands in); unreadable ones are skipped later."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: --outcomes needs a folder of images")
+    files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() not in (".csv", ".md", ".txt", ".json"))
+    if not files:
+        raise UsageError(f"{folder}: no files in it")
+    return _from_files(files, [0] * len(files))
 
 
 def _from_files(files: list[str], labels: list[int]) -> datasets.Dataset:
@@ -141,14 +162,14 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
         "threshold": classifier.threshold,
         "gradcam_central_share": gradcam_central_share(accelerator.unwrap_model(model), images),  # all, and per label
     }
-    refused = refused_by_gate(classifier, rows, batch_size, num_workers)
-    if refused is not None:
-        found["ood_refused"] = len(refused)  # the app would refuse these films instead of answering
-        print(f"the out-of-distribution gate refuses {len(refused)} of {len(labels)} films (the metrics include them)"
-              + (f": {', '.join(refused[:20])}{' ...' if len(refused) > 20 else ''}" if refused else ""))
+    outcomes = gate_outcomes(classifier, rows, batch_size, num_workers)
+    if outcomes is not None:  # the app would refuse these films, or answer them with a caution
+        found["ood_outcomes"] = {outcome: len(files) for outcome, files in outcomes.items()}
+        found["ood_refused"] = len(outcomes["refuse"])
+        print(outcome_line(outcomes, "films") + " (the metrics include them all)")
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps({"data": name, **found, "skipped_files": skipped,
-                                                         "ood_refused_files": refused}, indent=2) + "\n")
+                                                         "ood_files": outcomes}, indent=2) + "\n")
     write_predictions(output_dir / "predictions.csv", {name: (file_names(rows, index), labels, p)})
     plot_confusion_matrix(found["confusion_matrix"], output_dir / "confusion_matrix.png", title=name)
     plot_roc(output_dir / "predictions.csv", output_dir / "roc_curve.png", splits=(name,))
@@ -156,17 +177,41 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
     return found
 
 
-def refused_by_gate(classifier: pneumonia.Classifier, rows: datasets.Dataset, batch_size: int,
-                    num_workers: int) -> list[str] | None:
-    """Names of the readable films the model's out-of-distribution gate refuses; None without a gate."""
+def gate_outcomes(classifier: pneumonia.Classifier, rows: datasets.Dataset, batch_size: int,
+                  num_workers: int) -> dict[str, list[str]] | None:
+    """The readable films by the gate's outcome, {"answer": [...], "caution": [...], "refuse": [...]};
+    None without a gate."""
     if classifier.gate is None:
         return None
     images = XrayDataset(rows, classifier.transform, tuple(pneumonia.data_config_of(classifier.model)["input_size"]),
                          check_images=True)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
     features, _, odd, index = gate_features(classifier.tapped, loader)
-    passed = (classifier.gate.scores(features) <= classifier.gate.cutoff) & ~odd
-    return file_names(rows, index[~passed])
+    outcomes = np.array(["refuse" if o else v.outcome for o, v in zip(odd, classifier.gate.verdicts(features))])
+    return {outcome: file_names(rows, index[outcomes == outcome]) for outcome in OUTCOMES}
+
+
+def outcome_line(outcomes: dict[str, list[str]], what: str) -> str:
+    total = sum(len(files) for files in outcomes.values())
+    parts = [f"{outcome} {len(files)} ({len(files) / max(total, 1):.1%})" for outcome, files in outcomes.items()]
+    named = {o: files for o, files in outcomes.items() if o != "answer" and files}
+    names = "; ".join(f"{o}: {', '.join(f[:10])}{' ...' if len(f) > 10 else ''}" for o, f in named.items())
+    return f"the out-of-distribution gate, of {total} {what}: {', '.join(parts)}" + (f" [{names}]" if names else "")
+
+
+def count_outcomes(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, output_dir: Path,
+                   batch_size: int, num_workers: int) -> dict:
+    """The gate's outcome shares for a folder of unlabelled images, written to outcomes.json."""
+    if classifier.gate is None:
+        raise UsageError("this model folder has no out-of-distribution gate: fit one with `python -m train.fit_gate FOLDER`")
+    outcomes = gate_outcomes(classifier, rows, batch_size, num_workers)
+    readable = sum(len(files) for files in outcomes.values())
+    found = {"data": name, "images": readable, "skipped_unreadable": len(rows) - readable,
+             "shares": {o: len(files) / max(readable, 1) for o, files in outcomes.items()}, "files": outcomes}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "outcomes.json").write_text(json.dumps(found, indent=2) + "\n")
+    print(outcome_line(outcomes, "images") + f" -> {output_dir}")
+    return found
 
 
 def report(name: str, found: dict) -> str:

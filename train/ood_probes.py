@@ -1,4 +1,5 @@
-"""Images that are not chest X-rays, for reporting what the out-of-distribution gate refuses.
+"""Images that are not X-rays: probes that report what the out-of-distribution gate refuses, and
+a separate set of photos and documents it learns from (none of the probes is among them).
 
 Photos and scans come from scikit-image's bundled sample images (public domain or CC0, no
 download); documents, noise, blank images and patterns are drawn here, seeded.
@@ -20,6 +21,25 @@ SKIMAGE_SAMPLES = {  # name in skimage.data -> (what it is, kind)
     "page": ("a scanned book page", "document"),
     "text": ("a photo of printed text", "document"),
 }
+
+
+# Other bundled samples, grey: what the gate's heads learn "a photo or a document" from.
+LEARNING_SAMPLES = ("brick", "grass", "gravel", "clock", "cell", "hubble_deep_field", "logo", "checkerboard",
+                    "binary_blobs", "retina", "colorwheel", "immunohistochemistry", "cat")
+
+
+def photos_and_documents(size: int = 512, seed: int = 7) -> list[tuple[str, Image.Image]]:
+    """(name, grey image) of photos, textures, drawings, pages and noise, none of them a probe."""
+    from skimage import data as samples
+
+    rng = np.random.default_rng(seed)
+    found = [(name, _image(getattr(samples, name)()).convert("L")) for name in LEARNING_SAMPLES]
+    left, right = samples.stereo_motorcycle()[:2]
+    found += [("motorcycle left", _image(left).convert("L")), ("motorcycle right", _image(right).convert("L"))]
+    found += [(f"typed page {i}", typed_page(size - 64 * i, words_seed=10 + i)) for i in range(3)]
+    found += [(f"noise {i}", Image.fromarray(np.clip(rng.normal(128, 20 + 30 * i, (size, size)), 0, 255).astype(np.uint8)))
+              for i in range(2)]
+    return found
 
 
 def probe_images(size: int = 512, seed: int = 0) -> list[tuple[str, str, Image.Image]]:
@@ -47,12 +67,12 @@ def _image(pixels: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def typed_page(size: int) -> Image.Image:
+def typed_page(size: int, words_seed: int = 1) -> Image.Image:
     """A white page of typed lines, like a scanned report or letter."""
     page = Image.new("L", (size, round(size * 1.3)), 250)
     draw = ImageDraw.Draw(page)
     words = "patient history findings impression chest radiograph report signed date clinic".split()
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(words_seed)
     for line, y in enumerate(range(40, page.height - 40, 22)):
         text = " ".join(rng.choice(words, size=8))
         draw.text((40, y), text if line % 7 else text.upper(), fill=20)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pneumonia.backends import ONNX_FILES
-from pneumonia.ood import GATE_FILE
+from pneumonia.ood import GATE_FILE, INT8_GATE_FILE
 from pneumonia.presets import UsageError
 from train.card import write_card
 from train.hub import push_folder
@@ -19,7 +19,7 @@ MODEL_FILES = [
     "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
     "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png",
 ]
-OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE]  # pushed when `train.export_onnx` / `train.fit_gate` wrote them
+OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE, INT8_GATE_FILE]  # pushed when `train.export_onnx` / `train.fit_gate` wrote them
 _NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
 
 

@@ -1,0 +1,68 @@
+"""What a change costs a lone HTTP API caller of the bundled app: /predict latency of this
+checkout against a baseline revision, both served at once and called in alternating rounds
+(the machine is shared and noisy, so only the ratio measured in one run is reported).
+
+    python benchmarks/gate_cost.py [--baseline HEAD] [--rounds 6] [--requests 20]
+
+The baseline is checked out into a temporary git worktree beside this one (it shares this
+checkout's .venv); both apps serve the model folder each checkout bundles, on its default backend.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.app_latency import http_answer  # noqa: E402
+from benchmarks.train_throughput import DATA, machine  # noqa: E402
+from tests.live_app import start_app, stop_app  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (its committed tree)")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--requests", type=int, default=20, help="requests per app per round")
+    args = parser.parse_args()
+    images = sorted((DATA / "test" / "PNEUMONIA").iterdir())[:args.requests]
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline],
+                       check=True, capture_output=True)
+        (baseline / ".venv").symlink_to(ROOT / ".venv")
+        apps = {}
+        try:
+            for name, checkout in (("baseline", baseline), ("this checkout", ROOT)):
+                apps[name] = start_app({"PNEUMONIA_MODEL": str(checkout / "models" / "pneumonia-resnet18-half")},
+                                       cwd=checkout)
+            seconds = {name: [] for name in apps}
+            with httpx.Client(timeout=120) as http:
+                for name, (_, url) in apps.items():
+                    http_answer(http, url, images[0])  # warm-up
+                for _ in range(args.rounds):
+                    for name, (_, url) in apps.items():
+                        seconds[name] += [http_answer(http, url, image) for image in images]
+        finally:
+            for process, _ in apps.values():
+                stop_app(process)
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
+    print(f"machine: {machine()}")
+    print(f"command: python benchmarks/gate_cost.py --baseline {args.baseline} --rounds {args.rounds} "
+          f"--requests {args.requests}\n")
+    print("| app | requests | HTTP /predict p50 (ms) | p95 (ms) | p50 / baseline's |\n|---|---|---|---|---|")
+    base = float(np.median(seconds["baseline"]))
+    for name, found in seconds.items():
+        print(f"| {name} | {len(found)} | {1000 * np.median(found):.1f} | {1000 * np.percentile(found, 95):.1f} "
+              f"| {np.median(found) / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -33,6 +33,7 @@ bench: setup
 	$(PY) benchmarks/inference_latency.py
 	$(PY) benchmarks/app_latency.py
 	$(PY) benchmarks/load_test.py
+	$(PY) benchmarks/gate_cost.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

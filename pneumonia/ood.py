@@ -235,7 +235,8 @@ class OodGate:
     cutoff: float                     # on the distance: above it an image is refused whatever the heads say
     halves: bool = True               # the features carry the halves gaps (version 2)
     heads: LinearHeads | None = None  # version 2, fitted with real out-of-scope images
-    cuts: dict[str, float] = field(default_factory=dict)  # on the heads: "refuse", "adult"
+    cuts: dict[str, float] = field(default_factory=dict)  # on the heads: "refuse", "adult", "kind" (to name it)
+    pass_share: float = PASS_SHARE    # share of clean validation inside the distance cut-off
 
     @property
     def feature_width(self) -> int:
@@ -255,6 +256,7 @@ class OodGate:
         for part, block in zip(gate.parts, _split(validation, gate.blocks)):
             part.scale = max(float(np.quantile(part.distances(block), PASS_SHARE)), 1e-12)
         gate.cutoff = float(np.quantile(gate.scores(validation), pass_share, method="inverted_cdf"))
+        gate.pass_share = pass_share
         return gate
 
     def scores(self, features: np.ndarray) -> np.ndarray:
@@ -293,7 +295,7 @@ class OodGate:
         return {"file": GATE_FILE, "version": 2 if self.heads else 1, "method": "mahalanobis" + ("+heads" if self.heads else ""),
                 "layers": self.layers, "widths": self.widths, "halves": self.halves, "cutoff": self.cutoff,
                 "cuts": self.cuts, "kinds": list(KINDS), "max_colourfulness": MAX_COLOURFULNESS,
-                "min_grey_spread": MIN_GREY_SPREAD, "pass_share": PASS_SHARE}
+                "min_grey_spread": MIN_GREY_SPREAD, "pass_share": self.pass_share}
 
     def save(self, folder: Path, name: str = GATE_FILE) -> None:
         from safetensors.numpy import save_file
@@ -313,7 +315,8 @@ class OodGate:
 
         tensors = {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}
         gate = cls(list(config["layers"]), list(config["widths"]), [], float(config["cutoff"]),
-                   bool(config.get("halves", False)), cuts=dict(config.get("cuts", {})))
+                   bool(config.get("halves", False)), cuts=dict(config.get("cuts", {})),
+                   pass_share=float(config.get("pass_share", PASS_SHARE)))
         gate.parts = [FeatureGaussians(tensors[f"{b}.center"], tensors[f"{b}.whiten"], tensors[f"{b}.class_means"],
                                        float(tensors[f"{b}.scale"][0])) for b in gate._block_names()]
         gate.heads = LinearHeads.from_tensors(tensors) if "head.refuse.weight" in tensors else None

@@ -232,3 +232,15 @@ def test_a_films_resolution_alone_does_not_change_its_outcome(bundled, film):
     for scale in (8, 0.5):  # 1792 px and 112 px
         resized = [f.resize((round(f.width * scale), round(f.height * scale)), Image.BICUBIC) for f in films]
         assert [r.outcome for r in bundled.read(resized)] == as_stored, scale
+
+
+def test_the_drawn_photos_and_documents_the_gate_learns_from_are_the_same_on_every_call():
+    """They are part of the gate's training data: a fresh random draw (binary_blobs is one unless
+    seeded) made the fitted gate, and the test above, change from run to run."""
+    from train.ood_probes import photos_and_documents, probe_images
+
+    first, second = photos_and_documents(), photos_and_documents()
+    assert [name for name, _ in first] == [name for name, _ in second]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (_, a), (_, b) in zip(first, second))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for (_, _, a), (_, _, b) in zip(probe_images(), probe_images()))

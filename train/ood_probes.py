@@ -33,7 +33,7 @@ def photos_and_documents(size: int = 512, seed: int = 7) -> list[tuple[str, Imag
     from skimage import data as samples
 
     rng = np.random.default_rng(seed)
-    found = [(name, _image(getattr(samples, name)()).convert("L")) for name in LEARNING_SAMPLES]
+    found = [(name, _image(_sample(name, seed)).convert("L")) for name in LEARNING_SAMPLES]
     left, right = samples.stereo_motorcycle()[:2]
     found += [("motorcycle left", _image(left).convert("L")), ("motorcycle right", _image(right).convert("L"))]
     found += [(f"typed page {i}", typed_page(size - 64 * i, words_seed=10 + i)) for i in range(3)]
@@ -59,6 +59,13 @@ def probe_images(size: int = 512, seed: int = 0) -> list[tuple[str, str, Image.I
         ("grey gradient", "drawing", Image.linear_gradient("L").resize((size, size))),
     ]
     return probes
+
+
+def _sample(name: str, seed: int) -> np.ndarray:
+    """A scikit-image sample; binary_blobs is drawn afresh on each call unless seeded."""
+    from skimage import data as samples
+
+    return samples.binary_blobs(rng=seed) if name == "binary_blobs" else getattr(samples, name)()
 
 
 def _image(pixels: np.ndarray) -> Image.Image:

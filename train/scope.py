@@ -122,6 +122,7 @@ def fit_heads(gate: OodGate, found: Features, keep: np.ndarray | None = None, op
 def _set_cuts(gate: OodGate, found: Features, inputs: dict) -> None:
     distance = {"validation": gate.scores(found.validation), "shifted_validation": gate.scores(found.shifted_validation)}
     gate.cutoff = float(np.quantile(distance["validation"], WIDE_NET, method="inverted_cdf"))
+    gate.pass_share = WIDE_NET
     p = {"validation": gate.heads.probabilities(inputs["validation"]),
          "shifted_validation": gate.heads.probabilities(inputs["shifted"])}
     far = {name: distance[name] > gate.cutoff for name in distance}

@@ -19,7 +19,6 @@ from PIL import Image
 
 from pneumonia import POSITIVE_LABEL, Reading, UsageError, load_classifier, open_image, to_model_mode
 from pneumonia.backends import BACKENDS
-from pneumonia.gradcam import overlay
 from pneumonia.ood import UPLOAD_INSTEAD
 from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage
 
@@ -192,6 +191,8 @@ def heat_map(image_path: str | None) -> Image.Image | None:
 
 
 def heat_maps(images: list[Image.Image]) -> list[Image.Image | None]:
+    from pneumonia.gradcam import overlay  # torch loads with the first heat map, not before the first answer
+
     with model_lock:
         readings, cams = classifier.explain(images)  # one forward and backward pass of the PyTorch model
     return [None if reading.refused else overlay(image, cam) for image, reading, cam in zip(images, readings, cams)]

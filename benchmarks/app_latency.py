@@ -138,10 +138,9 @@ def in_process_steps(model: str, backend: str, images: list[Path], threads: int)
         started = time.perf_counter()
         image = pneumonia.open_image(image_path)
         decoded = time.perf_counter()
-        pixels = classifier.pixels([image])
+        pixels = classifier.pixel_array([image])
         preprocessed = time.perf_counter()
-        with torch.inference_mode():
-            classifier.onnx_logits(pixels) if classifier.onnx_logits else classifier.model(pixels)
+        classifier.run(pixels)
         done = time.perf_counter()
         for name, seconds in zip(steps, (decoded - started, preprocessed - decoded, done - preprocessed)):
             steps[name].append(seconds)

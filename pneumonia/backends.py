@@ -1,4 +1,5 @@
-"""Where a classifier's logits come from: the PyTorch model, or ONNX Runtime (fp32 or int8).
+"""Where a classifier's logits come from: ONNX Runtime (fp32 or int8) here, without torch; the
+PyTorch model in ``pneumonia.torch_model``.
 
 The ONNX files sit beside ``model.safetensors`` in a model folder (``train.export_onnx``
 writes them). Grad-CAM always runs on the PyTorch model: it needs gradients.
@@ -8,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
+import numpy as np
 
-BACKENDS = ("auto", "onnx-int8", "onnx-fp32", "pytorch")
+BACKENDS = ("auto", "onnx", "onnx-int8", "onnx-fp32", "pytorch")  # onnx: int8, else fp32
 ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx-fp32": "model.onnx"}
 
 
@@ -29,13 +30,10 @@ class OnnxLogits:
         self.has_features = len(outputs) > 1  # exported with the gate's features
         self.feature_width = outputs[1].shape[-1] if self.has_features else 0
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.run(pixels)[0]
-
-    def run(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits, and the out-of-distribution gate's features when the file exports them."""
-        outputs = self.session.run(None, {self.input_name: pixels.numpy()})
-        return torch.from_numpy(outputs[0]), torch.from_numpy(outputs[1]) if self.has_features else None
+        outputs = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+        return outputs[0], outputs[1] if self.has_features else None
 
 
 def candidates(backend: str) -> list[str]:
@@ -44,6 +42,8 @@ def candidates(backend: str) -> list[str]:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         return ["onnx-int8", "onnx-fp32"] if onnxruntime_installed() else []
+    if backend == "onnx":
+        return ["onnx-int8", "onnx-fp32"]
     return [backend] if backend in ONNX_FILES else []
 
 

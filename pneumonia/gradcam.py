@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from PIL import Image
 from torch import nn
 
-from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL
+from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL
 
 
 def target_layer(model: nn.Module) -> nn.Module:
@@ -43,6 +42,8 @@ def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45, max_side: int = 512) -> Image.Image:
     """The heat map in colour over the X-ray (at most ``max_side`` pixels a side), as RGB."""
+    from matplotlib import colormaps  # only the app draws heat maps: a light install lacks it
+
     scale = min(1.0, max_side / max(image.size))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     base = np.asarray(image.convert("L").resize(size, Image.BILINEAR), dtype=np.float32) / 255.0

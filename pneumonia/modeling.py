@@ -3,25 +3,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import timm
-import torch
 from PIL import Image
-from torch import nn
 
 from pneumonia import backends
-from pneumonia.gradcam import grad_cam
-from pneumonia.ood import GATE_FILE, REASONS, OodGate, Verdict, WithGateFeatures, image_verdict
-from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, UsageError
-from pneumonia.preprocessing import XrayPreprocessing, build_transform, data_config_of
+from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL, UsageError
+from pneumonia.ood import GATE_FILE, REASONS, OodGate, Verdict, image_verdict
+from pneumonia.pixels import data_config_from, preprocess
+from pneumonia.preprocessing import XrayPreprocessing
 
 
-def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Calibrated class probabilities: softmax of temperature-scaled logits."""
-    return torch.softmax(logits.float() / temperature, dim=-1)
+def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated class probabilities: softmax of temperature-scaled logits (NumPy; for torch
+    tensors, ``pneumonia.torch_model.probabilities``)."""
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -48,50 +49,102 @@ class Reading:
 
 @dataclass
 class Classifier:
-    model: nn.Module
-    transform: Callable[[Image.Image], torch.Tensor]
+    """A model folder ready to read films. The ONNX backends run on NumPy and ONNX Runtime alone;
+    the PyTorch model is loaded when the pytorch backend, Grad-CAM or ``.model`` asks for it."""
+
+    source: str          # local-dir:PATH or hf-hub:USER/REPO
     label_names: tuple[str, ...]
     threshold: float     # on calibrated P(PNEUMONIA), chosen on validation
     temperature: float   # fitted on validation
     config: dict         # the folder's config.json
     metrics: dict        # the folder's metrics.json ({} when absent)
-    backend: str = "pytorch"                                       # where predict's logits come from
+    data_config: dict    # resize and normalisation (timm's data config, from config.json)
+    preprocessing: XrayPreprocessing
+    backend: str = "pytorch"                        # where read's logits come from
     onnx_logits: backends.OnnxLogits | None = None  # ONNX Runtime, when backend is onnx-*
     gate: OodGate | None = None  # the out-of-distribution gate; None for folders fitted without one
+    _model: object = field(default=None, repr=False)
+    _tapped: object = field(default=None, repr=False)
 
     def __post_init__(self):
-        # Hooks on the model give the gate its features from any forward pass, Grad-CAM's included.
-        self.tapped = WithGateFeatures(self.model, self.gate.layers, self.gate.halves) if self.gate else None
         if self.onnx_logits and self.gate and self.onnx_logits.feature_width != self.gate.feature_width:
             self.onnx_logits.has_features = False  # exported before this gate: its features come from PyTorch
 
-    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """The model's input batch (N, 3, H, W), preprocessed as in training's evaluation."""
-        return torch.stack([self.transform(image) for image in images])
+    @property
+    def model(self):
+        """The timm model (torch.nn.Module), loaded on first use."""
+        if self._model is None:
+            try:
+                from pneumonia.torch_model import load_model
+            except ImportError as err:
+                raise UsageError(f"the pytorch backend and the heat map need PyTorch and timm ({err}): "
+                                 'pip install "pneumonia-xray[torch]", or read with backend="onnx" '
+                                 '(pip install "pneumonia-xray[onnx]")') from err
+            self._model = load_model(self.source)
+        return self._model
 
-    @torch.inference_mode()
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    @property
+    def tapped(self):
+        """The model with hooks that leave the gate's features of every forward pass; None without a gate."""
+        if self._tapped is None and self.gate:
+            from pneumonia.torch_model import WithGateFeatures
+
+            self._tapped = WithGateFeatures(self.model, self.gate.layers, self.gate.halves)
+        return self._tapped
+
+    def pixel_array(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The model's input batch (N, 3, H, W), float32: ``pneumonia.pixels.preprocess`` of each image."""
+        return np.stack([self._preprocess(image) for image in images])
+
+    def _preprocess(self, image: Image.Image) -> np.ndarray:
+        return preprocess(image, self.data_config, self.preprocessing.intensity, self.preprocessing.crop_borders)
+
+    @property
+    def transform(self) -> Callable:
+        """Image -> its input as a torch tensor (3, H, W), for PyTorch data loaders (picklable)."""
+        return partial(_as_tensor, data_config=self.data_config, intensity=self.preprocessing.intensity,
+                       crop=self.preprocessing.crop_borders)
+
+    def pixels(self, images: Sequence[Image.Image]):
+        """``pixel_array`` as a torch tensor, for the PyTorch model and Grad-CAM."""
+        import torch
+
+        return torch.from_numpy(self.pixel_array(images))
+
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits, and the gate's features when there is a gate, from the chosen backend."""
         if self.onnx_logits:
             logits, features = self.onnx_logits.run(pixels)
-            if features is None and self.tapped:  # an ONNX file exported before the gate existed
-                features = self.tapped(pixels)[1]
+            if features is None and self.gate:  # an ONNX file exported before the gate existed
+                features = self._torch_logits().run(pixels)[1]
             return logits, features
-        return self.tapped(pixels) if self.tapped else (self.model(pixels), None)
+        return self._torch_logits().run(pixels)
 
-    def predict_proba(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def _torch_logits(self):
+        from pneumonia.torch_model import TorchLogits
+
+        return TorchLogits(self.model, self.tapped)
+
+    def forward(self, pixels):
+        """``run`` for torch tensors: (logits, features or None) as tensors."""
+        import torch
+
+        logits, features = self.run(pixels.numpy())
+        return torch.from_numpy(logits), None if features is None else torch.from_numpy(features)
+
+    def predict_proba(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Calibrated probabilities (N, classes), ungated: see ``read`` for the gate's verdict."""
-        return probabilities(self.forward(self.pixels(images))[0], self.temperature)
+        return calibrated_probabilities(self.run(self.pixel_array(images))[0], self.temperature)
 
     def read(self, images: Sequence[Image.Image]) -> list[Reading]:
         """Probabilities and the out-of-distribution gate's verdict per image, from one forward pass."""
-        logits, features = self.forward(self.pixels(images))
-        return self._readings(images, probabilities(logits, self.temperature), features)
+        logits, features = self.run(self.pixel_array(images))
+        return self._readings(images, calibrated_probabilities(logits, self.temperature), features)
 
-    def _readings(self, images, probs: torch.Tensor, features: torch.Tensor | None) -> list[Reading]:
+    def _readings(self, images, probs: np.ndarray, features: np.ndarray | None) -> list[Reading]:
         if self.gate is None:
             return [Reading(self._by_label(p)) for p in probs]
-        verdicts = self.gate.verdicts(features.detach().cpu().numpy())
+        verdicts = self.gate.verdicts(np.asarray(features, dtype=np.float64))
         return [_reading(self._by_label(p), image_verdict(image) or verdict)
                 for image, p, verdict in zip(images, probs, verdicts)]
 
@@ -101,12 +154,15 @@ class Classifier:
     def explain(self, images: Sequence[Image.Image]) -> tuple[list[Reading], np.ndarray]:
         """Readings and a Grad-CAM map (N, H, W) per image, from one forward and one backward
         pass of the PyTorch model (whatever the backend). It hooks the model: callers sharing
-        it serialise their calls."""
-        logits, cams = grad_cam(self.model, self.pixels(images))
-        features = self.tapped.last_features() if self.tapped else None
-        return self._readings(images, probabilities(logits, self.temperature), features), cams
+        it serialise their calls. Needs torch and timm (``pip install "pneumonia-xray[torch]"``)."""
+        model, tapped = self.model, self.tapped  # loads torch (or says what to install); hooks on before the pass
+        from pneumonia.gradcam import grad_cam
 
-    def _by_label(self, probs: torch.Tensor) -> dict[str, float]:
+        logits, cams = grad_cam(model, self.pixels(images))
+        features = tapped.last_features().detach().numpy() if tapped else None
+        return self._readings(images, calibrated_probabilities(logits.detach().numpy(), self.temperature), features), cams
+
+    def _by_label(self, probs: np.ndarray) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.label_names, probs)}
 
     def decide(self, probs: dict[str, float]) -> str:
@@ -115,6 +171,12 @@ class Classifier:
     @property
     def _negative_label(self) -> str:
         return next(name for name in self.label_names if name != POSITIVE_LABEL)
+
+
+def _as_tensor(image: Image.Image, **settings):
+    import torch
+
+    return torch.from_numpy(preprocess(image, **settings))
 
 
 def _reading(probabilities: dict[str, float], verdict: Verdict) -> Reading:
@@ -146,35 +208,39 @@ def _onnx_backend(source: str, backend: str) -> tuple[str, Path | None]:
         path = _file(source, backends.ONNX_FILES[candidate])
         if path:
             return candidate, path
-    if backend in backends.ONNX_FILES:
-        raise UsageError(f"{source} has no {backends.ONNX_FILES[backend]}: export it with "
+    if backend in backends.ONNX_FILES or backend == "onnx":
+        wanted = " or ".join(backends.ONNX_FILES[name] for name in backends.candidates(backend))
+        raise UsageError(f"{source} has no {wanted}: export it with "
                          f"`python -m train.export_onnx FOLDER`, or use the pytorch backend")
     return "pytorch", None
 
 
 def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
     """A model folder written by training (local path, ``local-dir:`` or ``hf-hub:``), ready to
-    predict. ``backend``: pytorch, onnx-int8, onnx-fp32, or auto (int8, else fp32 ONNX, else PyTorch)."""
+    predict. ``backend``: pytorch, onnx-int8, onnx-fp32, onnx (int8, else fp32), or auto (int8, else
+    fp32 ONNX, else PyTorch). The ONNX backends need onnxruntime, not torch."""
     if not source.startswith("hf-hub:"):
         source = f"local-dir:{source.removeprefix('local-dir:')}"
     config = _read_json(source, "config.json")
     if config is None:
         raise UsageError(f"{source}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
-    model = timm.create_model(source, pretrained=True).eval()
     chosen, onnx_file = _onnx_backend(source, backend)
-    gate = _gate(source, config, chosen)
-    return Classifier(
-        model=model,
-        transform=build_transform(data_config_of(model), XrayPreprocessing.from_config(config)),
+    classifier = Classifier(
+        source=source,
         label_names=tuple(config.get("label_names") or LABEL_NAMES),
         threshold=float(config.get("threshold", 0.5)),
         temperature=float(config.get("temperature", 1.0)),
         config=config,
         metrics=_read_json(source, "metrics.json") or {},
+        data_config=data_config_from(config),
+        preprocessing=XrayPreprocessing.from_config(config),
         backend=chosen,
         onnx_logits=backends.OnnxLogits(onnx_file) if onnx_file else None,
-        gate=gate,
+        gate=_gate(source, config, chosen),
     )
+    if chosen == "pytorch":
+        classifier.model  # noqa: B018  (load it now: a broken folder fails here, not at the first film)
+    return classifier
 
 
 def _gate(source: str, config: dict, backend: str) -> OodGate | None:

@@ -1,7 +1,8 @@
-"""One preprocessing path from any uploaded or stored image to the model's input tensor.
+"""Reading any uploaded or stored image (PNG, JPEG, ..., DICOM) within a chest film's limits, and
+training's transform (timm + torchvision, with augmentation) to the model's input tensor.
 
 The numbers (size, interpolation, mean/std) come from the model's timm data config, which
-is saved in its ``config.json``: training, evaluation and the app build the same transform.
+is saved in its ``config.json``; the pixel steps themselves live in ``pneumonia.pixels``.
 """
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import timm.data
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import nn
-from torchvision import transforms as T
 
-from pneumonia.augment import Augment
+from pneumonia.pixels import HIGH_BIT_MODES as _HIGH_BIT_MODES
+from pneumonia.pixels import INTENSITY_CHOICES, crop_borders, standardise_intensity, to_model_mode
 
-_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pneumonia.augment import Augment
+
 _GREY_CONVERTIBLE = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"}
 
 
@@ -57,9 +60,6 @@ def check_limits(source, width: int, height: int) -> None:
         raise ImageOutOfLimits(source, f"{size} is {max(width, height) / min(width, height):.0f} times longer than "
                                        f"wide, no chest film's shape (at most {MAX_ASPECT_RATIO:.0f}:1): upload "
                                        "the whole film, uncropped")
-
-
-INTENSITY_CHOICES = ("none", "equalize", "clahe", "percentile")
 
 
 @dataclass(frozen=True)
@@ -172,66 +172,10 @@ def _describe(source) -> str:
     return str(source) if isinstance(source, (str, Path)) else "image bytes"
 
 
-def to_model_mode(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB holding the image's grayscale content.
-
-    16-bit and float images are stretched min-to-max into 8 bits; transparent pixels are
-    laid on black (an X-ray's background); colour is reduced to luminance, as X-rays are
-    grayscale and the model was trained on grayscale copied to three channels.
-    """
-    if image.mode in _HIGH_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        image = Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-    elif image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return image.convert("L").convert("RGB")
-
-
-def crop_borders(image: Image.Image, max_share: float = 0.2) -> Image.Image:
-    """The film without uniform black or white margins (at most ``max_share`` of each side)."""
-    gray = np.asarray(image.convert("L"))
-    extreme = (gray <= 12) | (gray >= 243)
-    uniform_rows, uniform_cols = extreme.mean(axis=1) >= 0.97, extreme.mean(axis=0) >= 0.97
-    height, width = gray.shape
-    top, bottom = (_leading(lines, int(max_share * height)) for lines in (uniform_rows, uniform_rows[::-1]))
-    left, right = (_leading(lines, int(max_share * width)) for lines in (uniform_cols, uniform_cols[::-1]))
-    if not (top or bottom or left or right):
-        return image
-    return image.crop((left, top, width - right, height - bottom))
-
-
-def _leading(flags: np.ndarray, limit: int) -> int:
-    """How many of the first ``limit`` flags are set before the first unset one."""
-    unset = np.flatnonzero(~flags[:limit])
-    return int(unset[0]) if unset.size else limit
-
-
-def standardise_intensity(image: Image.Image, method: str) -> Image.Image:
-    """Grey levels brought to a common form; ``image`` is 8-bit grayscale content (L or RGB)."""
-    if method == "none":
-        return image
-    gray = image.convert("L")
-    if method == "equalize":
-        gray = ImageOps.equalize(gray)
-    elif method == "clahe":
-        import cv2  # opencv-python-headless
-
-        gray = Image.fromarray(cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(np.asarray(gray)))
-    elif method == "percentile":
-        values = np.asarray(gray, dtype=np.float32)
-        low, high = np.percentile(values, (1, 99))
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        gray = Image.fromarray(np.clip(np.round(scaled), 0, 255).astype(np.uint8))
-    else:
-        raise ValueError(f"unknown intensity standardisation {method!r}")
-    return gray.convert(image.mode)
-
-
 def data_config_of(model: nn.Module) -> dict[str, Any]:
     """The model's preprocessing numbers, from the timm pretrained config it carries."""
+    import timm.data
+
     return timm.data.resolve_model_data_config(model)
 
 
@@ -242,8 +186,12 @@ def build_transform(
 
     Order: mode -> border crop -> timm resize -> [augmentation] -> intensity standardisation
     -> tensor, normalise -> [erasing]. Standardising after the random intensity changes
-    lets the model see what every input will look like once standardised.
+    lets the model see what every input will look like once standardised. Without ``augment``
+    it gives the pixels of ``pneumonia.pixels.preprocess``, bit for bit (a test holds them).
     """
+    import timm.data
+    from torchvision import transforms as T
+
     steps = list(timm.data.create_transform(**data_config, is_training=False).transforms)
     to_tensor = next(i for i, s in enumerate(steps) if type(s).__name__ in ("MaybeToTensor", "ToTensor"))
     image_steps = augment.image_steps(data_config["input_size"][-1]) if augment else []

@@ -8,14 +8,7 @@ import timm
 from torch import nn
 
 import pneumonia.cnn  # noqa: F401  (registers pneumonia_cnn with timm)
-
-# Classifier index -> name, alphabetical like the Kaggle folders (and imagefolder's ClassLabel).
-LABEL_NAMES = ("NORMAL", "PNEUMONIA")
-POSITIVE_LABEL = "PNEUMONIA"
-
-
-class UsageError(Exception):
-    """A problem with the user's input: printed as one line naming the problem and the fix."""
+from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL, UsageError  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)

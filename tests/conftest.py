@@ -275,3 +275,15 @@ def live_app(data_dir):
 @pytest.fixture(scope="session")
 def app_url(live_app):
     return live_app[1]
+
+
+def lay_into_hub_cache(cache: Path, repo_id: str, folder: Path, names) -> None:
+    """Files of ``folder`` laid out as ``huggingface_hub`` caches a download of ``repo_id``, so that
+    ``hf-hub:`` loading works offline (HF_HUB_OFFLINE=1) on exactly these files."""
+    repo = Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    for name in names:
+        (repo / "snapshots" / revision / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folder / name, repo / "snapshots" / revision / name)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)

@@ -14,8 +14,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_app(env: dict[str, str], timeout: float = 180, cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
-    """The app process (``cwd``'s app.py) and its URL, once the server answers."""
+def start_app(env: dict[str, str], timeout: float = 180, cwd: Path = ROOT,
+              command: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """The app process (``cwd``'s app.py, or ``command``) and its URL, once the server answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -23,7 +24,7 @@ def start_app(env: dict[str, str], timeout: float = 180, cwd: Path = ROOT) -> tu
            "GRADIO_ANALYTICS_ENABLED": "False", **env}
     # The app logs a line per upload: to a file, as a pipe nobody reads would fill and stall it.
     log = tempfile.NamedTemporaryFile("w+", prefix="app-", suffix=".log", delete=False)
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(command or [sys.executable, "app.py"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     process.log_path = Path(log.name)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout

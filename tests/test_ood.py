@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.covariance import LedoitWolf
 
 import pneumonia
-from pneumonia import ood
+from pneumonia import ood, torch_model
 from tests.conftest import BUNDLED_MODEL as BUNDLED
 
 
@@ -124,11 +124,11 @@ def test_the_cut_off_rule_stays_within_its_budget_and_is_the_lowest_that_does():
 @pytest.mark.parametrize("preset", list(pneumonia.PRESETS))
 def test_gate_features_are_the_means_and_halves_gaps_of_every_stage(preset):
     model = pneumonia.create_model(preset, image_size=160 if preset != "inception_v3" else 299).eval()
-    layers, widths = ood.gate_layers(model)
+    layers, widths = torch_model.gate_layers(model)
     assert layers[-1] == model.feature_info[-1]["module"] and len(layers) >= 3
     maps = {}
     hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: maps.__setitem__(n, o)) for n in layers]
-    tapped = ood.WithGateFeatures(model, layers)
+    tapped = torch_model.WithGateFeatures(model, layers)
     pixels = torch.randn(2, 3, *pneumonia.data_config_of(model)["input_size"][1:])
     with torch.no_grad():
         logits, features = tapped(pixels)

@@ -15,7 +15,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from dataset_script.build_dataset import main as build_dataset
 from pneumonia.presets import UsageError
-from tests.conftest import link_subset, run_cli
+from tests.conftest import lay_into_hub_cache, link_subset, run_cli
 from train.compare import comparison_table
 from train.compare import main as compare_main
 from train.publish import MODEL_FILES, publish
@@ -149,13 +149,7 @@ def test_what_users_download_gives_the_training_probabilities(run_folder, hub, d
 
     publish(run_folder, "someone/pneumonia-cnn-roundtrip")
     sent = _uploaded(run_folder, hub[-1][2]["allow_patterns"])
-    snapshot = Path(constants.HF_HUB_CACHE) / "models--someone--pneumonia-cnn-roundtrip"
-    revision = "0" * 40
-    for name in sent:
-        (snapshot / "snapshots" / revision / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(run_folder / name, snapshot / "snapshots" / revision / name)
-    (snapshot / "refs").mkdir(exist_ok=True)
-    (snapshot / "refs" / "main").write_text(revision)
+    lay_into_hub_cache(Path(constants.HF_HUB_CACHE), "someone/pneumonia-cnn-roundtrip", run_folder, sent)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
     classifier = pneumonia.load_classifier("hf-hub:someone/pneumonia-cnn-roundtrip")

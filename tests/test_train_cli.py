@@ -5,12 +5,14 @@ import csv
 import json
 import sys
 
+import numpy as np
 import pytest
 import timm
 import torch
 from safetensors.torch import load_file
 
 import pneumonia
+import pneumonia.torch_model
 from tests.conftest import link_subset, run_cli, run_initial_weights, unmoved_parameters
 
 pytestmark = pytest.mark.slow
@@ -50,22 +52,22 @@ def test_each_preset_trains_and_its_folder_reloads_to_the_same_probabilities(pre
     with (out / "predictions.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     images = [pneumonia.open_image(data_dir / "test" / r["label"] / r["file"]) for r in rows]
-    recorded = torch.tensor([float(r["p_pneumonia"]) for r in rows])
-    assert torch.allclose(classifier.predict_proba(images)[:, 1], recorded, atol=2e-6)  # measured at most 5.1e-7 (6 decimals in the CSV)
+    recorded = np.array([float(r["p_pneumonia"]) for r in rows])
+    assert np.abs(classifier.predict_proba(images)[:, 1] - recorded).max() <= 2e-6  # measured at most 5.1e-7 (6 decimals in the CSV)
 
     # the ONNX export at the end of training: fp32 gives the same probabilities; int8 is kept only within the bar
     onnx = metrics["onnx"]
     assert onnx["fp32"]["n"] == 16 and onnx["fp32"]["decision_agreement"] == 1.0
     fp32 = pneumonia.load_classifier(str(out), backend="onnx-fp32")
     fp32_p = fp32.predict_proba(images)[:, 1]
-    assert fp32.backend == "onnx-fp32" and torch.allclose(fp32_p, recorded, atol=2e-6)  # measured at most 5.4e-7
+    assert fp32.backend == "onnx-fp32" and np.abs(fp32_p - recorded).max() <= 2e-6  # measured at most 5.4e-7
     int8 = onnx["int8"]
     within_bar = int8["decision_agreement"] >= 0.99 and int8["mean_abs_dp"] <= 0.01 and int8["outcome_agreement"] >= 0.98
     assert (out / "model.int8.onnx").is_file() == int8["kept"] == within_bar
     assert pneumonia.load_classifier(str(out), backend="auto").backend == ("onnx-int8" if within_bar else "onnx-fp32")
 
     # the out-of-distribution gate, fitted at the end of training, travels with the folder
-    assert (out / "ood.safetensors").is_file() and config["ood"]["layers"] == pneumonia.ood.gate_layers(model)[0]
+    assert (out / "ood.safetensors").is_file() and config["ood"]["layers"] == pneumonia.torch_model.gate_layers(model)[0]
     assert metrics["ood"]["splits"]["validation"]["pass_rate"] >= 0.99 and len(metrics["ood"]["probes"]) >= 15
     assert classifier.gate is not None and classifier.gate.heads is not None and onnx["fp32"]["outcome_agreement"] == 1.0
     _, onnx_features = fp32.forward(fp32.pixels(images))
@@ -208,8 +210,8 @@ def test_float16_weights_halve_the_file_and_reload_to_the_recorded_probabilities
     with (out / "predictions.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
     images = [pneumonia.open_image(data_dir / "test" / r["label"] / r["file"]) for r in rows]
-    recorded = torch.tensor([float(r["p_pneumonia"]) for r in rows])
-    assert torch.allclose(classifier.predict_proba(images)[:, 1], recorded, atol=2e-6)  # metrics are of the shipped weights
+    recorded = np.array([float(r["p_pneumonia"]) for r in rows])
+    assert np.abs(classifier.predict_proba(images)[:, 1] - recorded).max() <= 2e-6  # metrics are of the shipped weights
 
 
 def test_int8_that_misses_the_parity_bar_is_not_shipped(data_dir, tmp_path, monkeypatch):

@@ -14,15 +14,17 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from pneumonia.backends import ONNX_FILES  # noqa: E402
+from pneumonia.pixels import data_config_from  # noqa: E402
 from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
 from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
+from train.export import LICENSE  # noqa: E402
 from train.metrics import THRESHOLD_RULES  # noqa: E402
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 CARD_METRICS = {"f1": "F1", "precision": "Precision", "recall": "Recall (sensitivity)", "specificity": "Specificity",
                 "accuracy": "Accuracy", "roc_auc": "ROC-AUC"}
-DEFAULT_DATASET_ID = "chest-xray-pneumonia"
+DATASET_NAME = "chest-xray-pneumonia"  # the repo `python -m dataset_script.build_dataset --push-to-hub` makes
 SPLIT_TITLES = {"validation": "validation", "shifted_validation": "shifted validation", "test": "test"}
 
 
@@ -33,17 +35,18 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
     model_config = json.loads((folder / "config.json").read_text())
     preset = config["model"]
     repo_id = repo_id or f"USER/pneumonia-{preset.replace('_', '-')}"
-    dataset_id = dataset_id or (config["dataset"] if is_hub_id(config["dataset"]) else DEFAULT_DATASET_ID)
+    dataset_id = dataset_id or (config["dataset"] if is_hub_id(config["dataset"])
+                                else f"{repo_id.split('/')[0]}/{DATASET_NAME}")
     base_model = model_config.get("base_model")
     card_data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-classification",
-        license="cc-by-4.0",  # the weights are derived from CC BY 4.0 data
+        license=LICENSE,  # the weights are derived from CC BY 4.0 data
         datasets=[dataset_id],
         base_model=base_model,
         tags=["image-classification", "timm", "medical-imaging", "chest-x-ray", "pneumonia", preset],
         model_name=repo_id.split("/")[-1],
-        eval_results=eval_results(metrics, dataset_id),
+        eval_results=eval_results(metrics, dataset_id, repo_id),
     )
     return ModelCard.from_template(
         card_data,
@@ -56,6 +59,8 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         splits=[(SPLIT_TITLES[name], metrics[name]) for name in SPLIT_TITLES if name in metrics],
         external=sorted(metrics.get("external", {}).items()),
         preprocessing=XrayPreprocessing.from_config(model_config),
+        preset=preset,
+        **_resize_and_normalisation(model_config),
         augment=config.get("augment", "original"),
         label_smoothing=config.get("label_smoothing", 0.0),
         gradcam_share=metrics.get("gradcam_central_share", {}).get("validation"),
@@ -76,8 +81,15 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
     )
 
 
-def eval_results(metrics: dict, dataset_id: str) -> list[EvalResult]:
-    """model-index entries: the official test split, and each external data set evaluated."""
+def _resize_and_normalisation(model_config: dict) -> dict:
+    data_config = data_config_from(model_config)
+    return {"interpolation": data_config["interpolation"], "mean": list(data_config["mean"]),
+            "std": list(data_config["std"])}
+
+
+def eval_results(metrics: dict, dataset_id: str, repo_id: str) -> list[EvalResult]:
+    """model-index entries: the official test split, and each external data set evaluated; their
+    source is this model's own evaluation (metrics.json and predictions.csv in its repo)."""
     sets = [(dataset_id, "Chest X-Ray Images (Pneumonia), Kermany et al. 2018", "test", metrics["test"])]
     sets += [(name, name, "test", found) for name, found in sorted(metrics.get("external", {}).items())]
     return [
@@ -85,6 +97,8 @@ def eval_results(metrics: dict, dataset_id: str) -> list[EvalResult]:
             task_type="image-classification", task_name="Pneumonia detection (chest X-ray)",
             dataset_type=kind, dataset_name=title, dataset_split=split,
             metric_type=name, metric_name=label, metric_value=found[name],
+            source_name="this model's evaluation (metrics.json, predictions.csv)",
+            source_url=f"https://huggingface.co/{repo_id}/blob/main/metrics.json",
         )
         for kind, title, split, found in sets
         for name, label in CARD_METRICS.items()

@@ -146,7 +146,7 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
           batch_size: int, num_workers: int) -> dict:
     """Predict every readable film; write the metrics, plots and per-film probabilities."""
     accelerator = Accelerator()
-    images = XrayDataset(rows, classifier.transform, tuple(pneumonia.data_config_of(classifier.model)["input_size"]))
+    images = XrayDataset(rows, classifier.transform, tuple(classifier.data_config["input_size"]))
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
     model, loader = accelerator.prepare(classifier.model, loader)
     logits, labels, index = predict(model, loader, accelerator)
@@ -183,7 +183,7 @@ def gate_outcomes(classifier: pneumonia.Classifier, rows: datasets.Dataset, batc
     None without a gate."""
     if classifier.gate is None:
         return None
-    images = XrayDataset(rows, classifier.transform, tuple(pneumonia.data_config_of(classifier.model)["input_size"]),
+    images = XrayDataset(rows, classifier.transform, tuple(classifier.data_config["input_size"]),
                          check_images=True)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
     features, _, odd, index = gate_features(classifier.tapped, loader)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pneumonia.gradcam import central_share, grad_cam
-from pneumonia.modeling import probabilities
+from pneumonia.torch_model import probabilities
 from pneumonia.presets import LABEL_NAMES
 from train.metrics import binary_metrics, choose_threshold, fit_temperature
 

@@ -10,6 +10,7 @@ import numpy as np
 import timm.models
 from torch import nn
 
+from pneumonia.hub_code import add_transformers_code
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, PRESETS
 from train.config import TrainConfig, save_config
 
@@ -32,8 +33,29 @@ def write_model_folder(
         },
         safe_serialization=True,
     )
+    config_file = output_dir / "config.json"
+    config_file.write_text(json.dumps(own_metadata(json.loads(config_file.read_text())), indent=2) + "\n")
+    add_transformers_code(output_dir)  # pipeline(..., trust_remote_code=True) gives the same probabilities
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     save_config(config, output_dir / "training_config.json")
+
+
+# What pretrained_cfg says about this model: how to feed it. timm copies the rest (tag, paper,
+# origin, licence, test-time size, pool size at 224 px) from the ImageNet checkpoint it is named after.
+OWN_PRETRAINED_CFG = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes",
+                      "first_conv", "classifier", "fixed_input_size")
+LICENSE = "cc-by-4.0"  # the weights learned from CC BY 4.0 data; the card says the same
+
+
+def own_metadata(config: dict) -> dict:
+    """config.json describing this model, not the ImageNet checkpoint of its architecture; and
+    ``num_classes`` once (in ``model_args`` too, transformers passes it twice and fails)."""
+    config = copy.deepcopy(config)
+    pretrained = config.get("pretrained_cfg", {})
+    config["pretrained_cfg"] = {key: pretrained[key] for key in OWN_PRETRAINED_CFG if key in pretrained}
+    config["pretrained_cfg"]["license"] = LICENSE
+    config.get("model_args", {}).pop("num_classes", None)
+    return config
 
 
 def _base_model(config: TrainConfig) -> str | None:

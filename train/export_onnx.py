@@ -25,7 +25,9 @@ import torch
 
 import pneumonia
 from pneumonia.backends import ONNX_FILES, OnnxLogits
-from pneumonia.ood import INT8_GATE_FILE, OodGate, WithGateFeatures, gate_layers
+from pneumonia.modeling import calibrated_probabilities
+from pneumonia.ood import INT8_GATE_FILE, OodGate
+from pneumonia.torch_model import WithGateFeatures, gate_layers
 from pneumonia.presets import UsageError
 from train.config import saved_training_config
 from train.data import XrayDataset, load_splits, subsample
@@ -42,7 +44,7 @@ def export_folder(folder: Path, calibration_rows: datasets.Dataset, parity_rows:
     """Write the ONNX files into ``folder`` and return (and record) their parity. With
     ``gate_splits`` (the run's splits), int8 gets a gate calibrated on its own features."""
     classifier = pneumonia.load_classifier(str(folder), backend="pytorch")
-    input_size = tuple(pneumonia.data_config_of(classifier.model)["input_size"])
+    input_size = tuple(classifier.data_config["input_size"])
     training = saved_training_config(folder)
     scope_set = load_scope(training.get("scope_data")) if classifier.gate and classifier.gate.heads else None
 
@@ -59,7 +61,10 @@ def export_folder(folder: Path, calibration_rows: datasets.Dataset, parity_rows:
         int8 = OnnxLogits(candidate)
         int8_gate = classifier.gate
         if classifier.gate and classifier.gate.heads and gate_splits is not None:
-            found = collect_features(int8.run, folder, gate_splits, training, scope_set, batch_size, num_workers)
+            def int8_forward(pixels: torch.Tensor) -> list[torch.Tensor]:
+                return [torch.from_numpy(output) for output in int8.run(pixels.numpy())]
+
+            found = collect_features(int8_forward, folder, gate_splits, training, scope_set, batch_size, num_workers)
             int8_gate = fit_gate(classifier.gate.layers, classifier.gate.widths, found)
         judged = [parity_rows] + ([scope_set.rows()] if scope_set else [])
         found = parity(classifier, {"fp32": (OnnxLogits(fp32_file), classifier.gate), "int8": (int8, int8_gate)},
@@ -171,18 +176,17 @@ def parity(classifier: pneumonia.Classifier, candidates: dict, judged: list) -> 
 
 def _outputs(classifier, batches, candidates) -> tuple[tuple, dict]:
     """(P(PNEUMONIA), the gate's outcome) per image from PyTorch and from each ONNX session."""
-    def read(forward, gate, pixels):
-        logits, features = forward(pixels)
-        p = pneumonia.probabilities(logits, classifier.temperature)[:, 1].numpy()
-        outcome = [v.outcome for v in gate.verdicts(features.numpy())] if gate else ["answer"] * len(p)
+    def read(run, gate, pixels):
+        logits, features = run(pixels)
+        p = calibrated_probabilities(logits, classifier.temperature)[:, 1]
+        outcome = [v.outcome for v in gate.verdicts(features)] if gate else ["answer"] * len(p)
         return p, np.array(outcome)
 
     parts = {name: [] for name in ["pytorch", *candidates]}
-    with torch.inference_mode():
-        for pixels in batches:
-            parts["pytorch"].append(read(classifier.forward, classifier.gate, pixels))
-            for name, (session, gate) in candidates.items():
-                parts[name].append(read(session.run, gate, pixels))
+    for pixels in batches:
+        parts["pytorch"].append(read(classifier.run, classifier.gate, pixels.numpy()))
+        for name, (session, gate) in candidates.items():
+            parts[name].append(read(session.run, gate, pixels.numpy()))
     joined = {name: tuple(np.concatenate(column) for column in zip(*rows)) for name, rows in parts.items()}
     return joined.pop("pytorch"), joined
 

@@ -28,7 +28,8 @@ from accelerate.utils import set_seed
 import pneumonia
 from pneumonia.augment import Augment
 from pneumonia.backends import ONNX_FILES
-from pneumonia.ood import OodGate, WithGateFeatures, gate_layers
+from pneumonia.ood import OodGate
+from pneumonia.torch_model import WithGateFeatures, gate_layers
 from pneumonia.preprocessing import XrayPreprocessing
 from pneumonia.presets import UsageError
 from train import data, scope

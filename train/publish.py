@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from pneumonia.backends import ONNX_FILES
+from pneumonia.hub_code import CODE_FILES, add_transformers_code
 from pneumonia.ood import GATE_FILE, INT8_GATE_FILE
 from pneumonia.presets import UsageError
 from train.card import write_card
@@ -17,7 +18,7 @@ from train.hub import push_folder
 # What a model repo holds; the rest of a run folder (checkpoints/, optimizer state) stays local.
 MODEL_FILES = [
     "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
-    "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png",
+    "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png", *CODE_FILES,
 ]
 OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE, INT8_GATE_FILE]  # pushed when `train.export_onnx` / `train.fit_gate` wrote them
 _NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
@@ -29,9 +30,24 @@ def publish(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool 
     missing = [name for name in _NEEDED_TO_RENDER if not (folder / name).is_file()]
     if missing:
         raise UsageError(f"{folder} is not a finished training run (missing {', '.join(missing)}): train it first")
+    _restore_fp32_onnx(folder)
+    add_transformers_code(folder)  # a folder written before it existed gets it too
     write_card(folder, repo_id=repo_id, space_id=space_id, dataset_id=dataset_id)
     return push_folder(folder, repo_id, MODEL_FILES, optional=OPTIONAL_FILES, private=private,
                        dry_run=dry_run, commit_message=f"Upload {folder.name} (pneumonia-xray)")
+
+
+def _restore_fp32_onnx(folder: Path) -> None:
+    """Published folders carry fp32 ``model.onnx`` beside the int8 file (the exact one for users of
+    ONNX Runtime); a folder that dropped it to save room (the bundled one) gets it written again."""
+    fp32 = folder / ONNX_FILES["onnx-fp32"]
+    if fp32.is_file() or not (folder / ONNX_FILES["onnx-int8"]).is_file():
+        return
+    import pneumonia
+    from train.export_onnx import export_fp32
+
+    classifier = pneumonia.load_classifier(str(folder), backend="pytorch")
+    export_fp32(classifier.model, tuple(classifier.data_config["input_size"]), fp32, classifier.gate)
 
 
 def main(argv: list[str] | None = None) -> None:

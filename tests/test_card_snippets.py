@@ -1,0 +1,71 @@
+"""The code a Hub user copies from a model card: each snippet run as written, offline, on the
+files a push uploads, gives the project's own answer (timm, transformers, ONNX Runtime and this
+package)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pneumonia
+from tests.conftest import BUNDLED_MODEL, lay_into_hub_cache
+from train.publish import MODEL_FILES, OPTIONAL_FILES, publish
+
+REPO = "someone/pneumonia-resnet18-half"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, film):
+    """The bundled folder as `train.publish` uploads it, laid into an offline Hub cache; a film."""
+    root = tmp_path_factory.mktemp("published")
+    folder = root / "folder"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    publish(folder, REPO, dry_run=True)  # writes model.onnx, the transformers code and the card
+    sent = [name for name in [*MODEL_FILES, *OPTIONAL_FILES] if (folder / name).is_file()]
+    lay_into_hub_cache(root / "cache", REPO, folder, sent)
+    shutil.copy(film("NORMAL", 7), root / "chest_xray.jpeg")
+    return root, folder, sent
+
+
+def _snippets(card: str) -> list[str]:
+    return [block for block in re.findall(r"```python\n(.*?)```", card, flags=re.S) if "gradio_client" not in block]
+
+
+def _run(root, code: str, names: list[str]) -> dict:
+    """``code`` as written, in a fresh interpreter, offline; then the values of ``names`` as JSON."""
+    dump = "\nimport json as _j, numpy as _n\nprint(_j.dumps({k: (_n.asarray(v).tolist() if not isinstance(v, (dict, str)) " \
+           "else v) for k, v in ((k, globals()[k]) for k in " + repr(names) + ")}))\n"
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(root),
+           "PYTHONPATH": str(BUNDLED_MODEL.parents[1]), "TRANSFORMERS_VERBOSITY": "error"}
+    done = subprocess.run([sys.executable, "-c", code + dump], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, code + "\n" + done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_cards_snippets_give_the_projects_answer(published):
+    root, folder, sent = published
+    assert {"model.onnx", "model.int8.onnx", "xray_pixels.py", "pneumonia_xray.py"} <= set(sent)
+    film = pneumonia.open_image(root / "chest_xray.jpeg")
+    exact = pneumonia.load_classifier(str(folder)).read([film])[0].probabilities["PNEUMONIA"]
+    int8 = pneumonia.load_classifier(str(folder), backend="onnx").read([film])[0]
+    threshold = json.loads((folder / "config.json").read_text())["threshold"]
+    package, with_transformers, with_onnxruntime, with_timm = _snippets((folder / "README.md").read_text())
+
+    found = _run(root, package + "\nprobabilities = reading.probabilities\noutcome = reading.outcome\n",
+                 ["probabilities", "outcome"])
+    assert found["probabilities"]["PNEUMONIA"] == pytest.approx(int8.probabilities["PNEUMONIA"], abs=1e-6)
+    assert found["outcome"] == int8.outcome
+
+    found = _run(root, with_transformers, ["scores", "decision"])
+    assert found["scores"]["PNEUMONIA"] == pytest.approx(exact, abs=1e-5)
+    assert found["decision"] == ("PNEUMONIA" if exact >= threshold else "NORMAL")
+
+    for plain in (with_onnxruntime, with_timm):  # fp32 model.onnx, and the safetensors weights
+        found = _run(root, plain, ["p"])
+        assert np.asarray(found["p"])[0, 1] == pytest.approx(exact, abs=1e-5)

@@ -34,6 +34,8 @@ bench: setup
 	$(PY) benchmarks/app_latency.py
 	$(PY) benchmarks/load_test.py
 	$(PY) benchmarks/gate_cost.py
+	$(PY) benchmarks/cold_start.py
+	$(PY) benchmarks/parity_anywhere.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

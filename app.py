@@ -20,7 +20,7 @@ from PIL import Image
 from pneumonia import POSITIVE_LABEL, Reading, UsageError, load_classifier, open_image, to_model_mode
 from pneumonia.backends import BACKENDS
 from pneumonia.ood import UPLOAD_INSTEAD
-from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage
+from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage, is_dicom
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-resnet18-half"
 MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
@@ -71,7 +71,7 @@ def model_summary() -> str:
 def gate_summary() -> str:
     if classifier.gate is None:
         return ("**The out-of-distribution gate is off**: this model folder has none, so any image gets an answer, "
-                "X-ray or not (fit one with `python -m train.fit_gate FOLDER`).")
+                "X-ray or not (fit one with `python -m train.gate FOLDER`).")
     if classifier.gate.heads is None:
         return ("Images that do not look like the chest X-rays the model was trained on (photos, documents, blank "
                 "images) are refused, not classified.")
@@ -121,6 +121,17 @@ def film_view(image_path: str | None) -> Image.Image | None:
     shown = to_model_mode(image).convert("L")
     shown.thumbnail((FILM_VIEW_SIDE, FILM_VIEW_SIDE))
     return shown
+
+
+def film_caption(image_path: str | None) -> str:
+    """What the film view shows: a DICOM's caption names the steps its pixels went through."""
+    if image_path and Path(image_path).is_file() and is_dicom(image_path):
+        return "The film, as read (DICOM: rescaled, windowed, MONOCHROME1 inverted)"
+    return "The film, as read"
+
+
+def show_film(image_path: str | None) -> gr.Image:
+    return gr.Image(value=film_view(image_path), label=film_caption(image_path))
 
 
 def predict(image_path: str | None) -> dict[str, float]:
@@ -272,11 +283,11 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
             probability_bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
             reading = gr.JSON(visible=False)  # for API callers: outcome, reason, scores
             with gr.Row():
-                film = gr.Image(label="The film, as read (DICOM: windowed)", type="pil", elem_id="film")
+                film = gr.Image(label=film_caption(None), type="pil", elem_id="film")
                 heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil",
                                    elem_id="heatmap")
     # The film shows at once; a file it cannot show gets its message from /predict's check.
-    upload.change(film_view, inputs=upload, outputs=film, api_name="film", api_visibility="undocumented")
+    upload.change(show_film, inputs=upload, outputs=film, api_name="film", api_visibility="undocumented")
     # The answer first; the heat map (PyTorch, forward and backward) follows and never holds
     # it up. Each step runs one batch at a time: requests that arrive meanwhile gather into
     # the next batch instead of a second, smaller one waiting on the model.

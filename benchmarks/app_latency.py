@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import pneumonia  # noqa: E402
 from benchmarks.train_throughput import DATA, machine  # noqa: E402
 from tests.live_app import start_app, stop_app  # noqa: E402
-from train.export_onnx import export_fp32, quantize_int8  # noqa: E402
+from train.export.onnx import export_fp32, quantize_int8  # noqa: E402
 
 from gradio_client import Client, handle_file  # noqa: E402
 

@@ -4,7 +4,7 @@
 
 Batch 1 at each preset's input size (224 px; Inception v3 299 px), random weights (the time
 does not depend on them), the int8 model calibrated on real training films through the
-model's preprocessing, as `train.export_onnx` does. Each round times every backend in turn
+model's preprocessing, as `train.export.onnx` does. Each round times every backend in turn
 (--runs calls after 5 warm-up calls), so drift on a shared machine reaches all columns alike;
 p50 and p95 are over all rounds. PyTorch and ONNX Runtime both get --threads threads.
 
@@ -33,7 +33,7 @@ from benchmarks.train_throughput import DATA, machine  # noqa: E402
 from pneumonia.backends import OnnxLogits  # noqa: E402
 from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
-from train.export_onnx import export_fp32, quantize_int8  # noqa: E402
+from train.export.onnx import export_fp32, quantize_int8  # noqa: E402
 
 
 def timings(call, runs: int, warmup: int = 5) -> list[float]:

@@ -22,7 +22,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from pneumonia.presets import UsageError
 from train.data import load_splits
-from train.hub import push_folder, require_token
+from train.publish.hub import push_folder, require_token
 
 CARD_TEMPLATE = Path(__file__).resolve().parent / "dataset_card.md"
 

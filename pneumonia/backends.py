@@ -1,7 +1,7 @@
 """Where a classifier's logits come from: ONNX Runtime (fp32 or int8) here, without torch; the
 PyTorch model in ``pneumonia.torch_model``.
 
-The ONNX files sit beside ``model.safetensors`` in a model folder (``train.export_onnx``
+The ONNX files sit beside ``model.safetensors`` in a model folder (``train.export.onnx``
 writes them). Grad-CAM always runs on the PyTorch model: it needs gradients.
 """
 from __future__ import annotations

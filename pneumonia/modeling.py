@@ -211,7 +211,7 @@ def _onnx_backend(source: str, backend: str) -> tuple[str, Path | None]:
     if backend in backends.ONNX_FILES or backend == "onnx":
         wanted = " or ".join(backends.ONNX_FILES[name] for name in backends.candidates(backend))
         raise UsageError(f"{source} has no {wanted}: export it with "
-                         f"`python -m train.export_onnx FOLDER`, or use the pytorch backend")
+                         f"`python -m train.export FOLDER`, or use the pytorch backend")
     return "pytorch", None
 
 
@@ -252,5 +252,5 @@ def _gate(source: str, config: dict, backend: str) -> OodGate | None:
     path = _file(source, settings.get("file", GATE_FILE))
     if path is None:
         raise UsageError(f"{source}: config.json has an out-of-distribution gate but {settings.get('file', GATE_FILE)} "
-                         "is missing; copy it beside config.json, or fit it again with `python -m train.fit_gate FOLDER`")
+                         "is missing; copy it beside config.json, or fit it again with `python -m train.gate FOLDER`")
     return OodGate.load(path, settings)

@@ -13,10 +13,10 @@ Stored in the model folder (``config.json["ood"]`` and ``ood.safetensors``):
   Ledoit-Wolf shrunk covariance, after PCA) of those features to the training films: far from
   them is refused whatever else is said;
 * linear heads on the whitened features, fitted with real images the model must not judge
-  (``train/scope.py``: CT and MRI slices, other body parts, side views) and adult frontal films:
+  (``train/gate/scope.py``: CT and MRI slices, other body parts, side views) and adult frontal films:
   P(not a frontal chest film), P(an adult's film) and which kind of image it is.
 
-The cut-offs are set on validation (see ``train/fit_gate.py``). Fitting uses scikit-learn;
+The cut-offs are set on validation (see ``train/gate/fit.py``). Fitting uses scikit-learn;
 scoring is numpy, so it also runs on ONNX Runtime's output, which exports the same features
 beside the logits. A folder fitted before the heads existed (gate version 1: two stages, means
 only) still loads and refuses by distance alone.

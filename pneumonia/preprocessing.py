@@ -22,7 +22,7 @@ from pneumonia.pixels import INTENSITY_CHOICES, crop_borders, standardise_intens
 if TYPE_CHECKING:
     from torch import nn
 
-    from pneumonia.augment import Augment
+    from train.augment import Augment
 
 _GREY_CONVERTIBLE = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"}
 
@@ -99,7 +99,7 @@ def open_image(source: str | Path | bytes | dict | Image.Image) -> Image.Image:
             image = source
         elif isinstance(source, dict):  # datasets.Image(decode=False): {"bytes", "path"}
             return open_image(source["bytes"] if source.get("bytes") else source["path"])
-        elif _is_dicom(source):
+        elif is_dicom(source):
             return _read_dicom(source)
         elif isinstance(source, (bytes, bytearray)):
             image = Image.open(io.BytesIO(source))
@@ -131,7 +131,7 @@ def _with_grey_conversion(image: Image.Image) -> Image.Image:
     return image
 
 
-def _is_dicom(source: str | Path | bytes) -> bool:
+def is_dicom(source: str | Path | bytes) -> bool:
     """DICOM files carry "DICM" after a 128-byte preamble; some bare ones only a .dcm name."""
     if isinstance(source, (bytes, bytearray)):
         return source[128:132] == b"DICM"

@@ -82,7 +82,7 @@ def scope_set():
     """The real CT, MRI, other-body-part, side-view and adult films of ../shared/data/scope."""
     if problem := missing_scope():
         pytest.skip(f"{problem}; they sit in ../shared beside the checkout, or set PNEUMONIA_TEST_SCOPE")
-    from train.scope import load_scope
+    from train.gate.scope import load_scope
 
     return load_scope(SCOPE)
 

@@ -99,7 +99,7 @@ def test_bad_uploads_get_a_clear_message(app, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend, message", [
-    ("onnx-int8", "has no model.int8.onnx: export it with `python -m train.export_onnx FOLDER`"),
+    ("onnx-int8", "has no model.int8.onnx: export it with `python -m train.export FOLDER`"),
     ("tensorrt", "PNEUMONIA_BACKEND='tensorrt': choose one of auto, onnx-int8, onnx-fp32, pytorch"),
 ])
 def test_a_backend_the_folder_cannot_serve_stops_the_app_with_a_message(app, backend, message):
@@ -135,6 +135,9 @@ def test_the_page_shows_the_film_and_offers_the_bundled_examples(bundled_app, fi
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
     assert app.film_view(str(junk)) is None and app.film_view(None) is None
+    # the caption names a DICOM's window only under a DICOM
+    assert "DICOM" in app.film_caption(str(tmp_path / "film.dcm"))
+    assert app.film_caption(film("NORMAL")) == app.film_caption(None) == "The film, as read"
 
 
 @pytest.mark.slow

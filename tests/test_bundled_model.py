@@ -11,10 +11,10 @@ import pneumonia
 from pneumonia.gradcam import grad_cam, overlay
 from tests.conftest import BUNDLED_MODEL as BUNDLED
 from tests.conftest import clear_films, recorded_predictions
-from train.export_onnx import PARITY_BAR
+from train.export.onnx import PARITY_BAR
 from train.metrics import binary_metrics
 
-# The test films the bundled gate (PyTorch) refused when `python -m train.fit_gate` fitted it.
+# The test films the bundled gate (PyTorch) refused when `python -m train.gate` fitted it.
 REFUSED_TEST_FILMS = {"person109_bacteria_512.jpeg", "person111_bacteria_534.jpeg", "person136_bacteria_654.jpeg",
                       "person161_bacteria_762.jpeg", "person91_bacteria_445.jpeg"}
 

@@ -14,14 +14,14 @@ import pytest
 
 import pneumonia
 from tests.conftest import BUNDLED_MODEL, lay_into_hub_cache
-from train.publish import MODEL_FILES, OPTIONAL_FILES, publish
+from train.publish.model import MODEL_FILES, OPTIONAL_FILES, publish
 
 REPO = "someone/pneumonia-resnet18-half"
 
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, film):
-    """The bundled folder as `train.publish` uploads it, laid into an offline Hub cache; a film."""
+    """The bundled folder as `train.publish.model` uploads it, laid into an offline Hub cache; a film."""
     root = tmp_path_factory.mktemp("published")
     folder = root / "folder"
     shutil.copytree(BUNDLED_MODEL, folder)

@@ -1,4 +1,4 @@
-"""`python -m train.evaluate` on labelled films of any kind, and `python -m train.reproduce`."""
+"""`python -m train.evaluate` on labelled films of any kind, and `python -m train.evaluate.reproduce`."""
 from __future__ import annotations
 
 import csv
@@ -144,14 +144,14 @@ def test_bad_input_gets_one_line_error(make, args, message, trained_model, tmp_p
 def test_reproduce_trains_each_preset_once_and_writes_the_table(data_dir, tmp_path):
     root = tmp_path / "reproduce"
     args = ("--output-root", str(root), "--presets", "cnn", "resnet18_half", "--dataset", str(data_dir), *TINY)
-    launcher = (sys.executable, "-m", "train.reproduce")
+    launcher = (sys.executable, "-m", "train.evaluate.reproduce")
     first = run_cli(*args, launcher=launcher)
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count("== ") == 2
     table = (root / "comparison.md").read_text().splitlines()
     assert len(table) == 4 and "`--model cnn --image-size 64 --epochs 1" in table[2] and "resnet18_half" in table[3]
     # compare re-derives the run's own threshold from its predictions.csv, and another rule's
-    from train.compare import rethresholded
+    from train.evaluate.compare import rethresholded
 
     own = json.loads((root / "cnn" / "metrics.json").read_text())
     assert rethresholded(root / "cnn", "balanced")["threshold"] == pytest.approx(own["threshold"], abs=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import BUNDLED_MODEL
-from train.export import LICENSE, OWN_PRETRAINED_CFG
+from train.export.folder import LICENSE, OWN_PRETRAINED_CFG
 
 STALE = {"tag", "test_input_size", "test_crop_pct", "paper_ids", "paper_name", "origin_url", "hf_hub_id", "url",
          "notes", "pool_size"}
@@ -30,7 +30,7 @@ def test_config_json_describes_this_model_with_one_licence(which, request):
 
 
 def test_the_card_names_its_dataset_by_hub_id_and_each_result_its_source(trained_copy):
-    from train.card import write_card
+    from train.export.card import write_card
 
     write_card(trained_copy, repo_id="someone/pneumonia-cnn")
     results = _front_matter((trained_copy / "README.md").read_text())["model-index"][0]["results"]

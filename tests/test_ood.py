@@ -109,7 +109,7 @@ def test_the_heads_refuse_name_the_kind_caution_adults_and_answer_the_rest(tmp_p
 
 
 def test_the_cut_off_rule_stays_within_its_budget_and_is_the_lowest_that_does():
-    from train.scope import _lowest_cut
+    from train.gate.scope import _lowest_cut
 
     rng = np.random.default_rng(0)
     scores = {"validation": rng.random(1000), "shifted_validation": rng.random(400) ** 0.5}
@@ -146,7 +146,7 @@ def test_gate_features_are_the_means_and_halves_gaps_of_every_stage(preset):
 def test_bundled_gate_passes_the_example_films_and_refuses_what_is_not_an_xray(bundled, tmp_path):
     from skimage import data as samples
 
-    from train.ood_probes import typed_page
+    from train.gate.probes import typed_page
 
     films = sorted(p for p in (BUNDLED.parents[1] / "examples").rglob("*.jpeg"))
     readings = bundled.read([pneumonia.open_image(p) for p in films])
@@ -237,7 +237,7 @@ def test_a_films_resolution_alone_does_not_change_its_outcome(bundled, film):
 def test_the_drawn_photos_and_documents_the_gate_learns_from_are_the_same_on_every_call():
     """They are part of the gate's training data: a fresh random draw (binary_blobs is one unless
     seeded) made the fitted gate, and the test above, change from run to run."""
-    from train.ood_probes import photos_and_documents, probe_images
+    from train.gate.probes import photos_and_documents, probe_images
 
     first, second = photos_and_documents(), photos_and_documents()
     assert [name for name, _ in first] == [name for name, _ in second]

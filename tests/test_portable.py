@@ -62,7 +62,7 @@ def test_the_onnx_backends_read_films_without_torch(bundled_readings, bundled_te
     torch; fp32 (published folders carry it): PyTorch's probabilities and outcomes."""
     import shutil
 
-    from train.export_onnx import export_fp32
+    from train.export.onnx import export_fp32
 
     folder = tmp_path / "bundled"
     shutil.copytree(BUNDLED_MODEL, folder)

@@ -16,10 +16,10 @@ from huggingface_hub.utils import filter_repo_objects
 from dataset_script.build_dataset import main as build_dataset
 from pneumonia.presets import UsageError
 from tests.conftest import lay_into_hub_cache, link_subset, run_cli
-from train.compare import comparison_table
-from train.compare import main as compare_main
-from train.publish import MODEL_FILES, publish
-from train.publish import main as publish_main
+from train.evaluate.compare import comparison_table
+from train.evaluate.compare import main as compare_main
+from train.publish.model import MODEL_FILES, publish
+from train.publish.model import main as publish_main
 
 TOKEN = "hf_testtoken_never_printed"
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 import pneumonia
-from pneumonia.augment import CROP_RATIO, CROP_SCALE, TRAIN_RANGES, Augment, EdgeErasing, apply_gamma
+from train.augment import CROP_RATIO, CROP_SCALE, TRAIN_RANGES, Augment, EdgeErasing, apply_gamma
 from pneumonia.preprocessing import XrayPreprocessing, crop_borders, standardise_intensity
 from train.metrics import choose_threshold
 from train.shift import CROP_SHARE, SHIFT_RANGES, shifted_film

@@ -86,7 +86,7 @@ def test_fit_gate_gives_an_old_folder_its_gate_and_its_onnx_the_gate_features(da
     before = pneumonia.load_classifier(str(out), backend="pytorch").predict(xray)
 
     result = _ok(run_cli(str(out), "--num-workers", "0", "--scope", str(small_scope),
-                         launcher=(sys.executable, "-m", "train.fit_gate")))
+                         launcher=(sys.executable, "-m", "train.gate")))
     assert "validation films pass" in result.stdout and "non-X-ray probes" in result.stdout
     config, metrics = (json.loads((out / name).read_text()) for name in ("config.json", "metrics.json"))
     assert config["ood"]["cutoff"] > 0 and metrics["ood"]["splits"]["test"]["films"] == 16
@@ -96,7 +96,7 @@ def test_fit_gate_gives_an_old_folder_its_gate_and_its_onnx_the_gate_features(da
     assert classifier.predict(xray) == pytest.approx(before, abs=5e-6)  # unchanged: fp32 ONNX within 1e-6 of PyTorch
     assert "## What it judges: the out-of-distribution gate" in (out / "README.md").read_text()
 
-    result = run_cli(str(tmp_path / "nothing"), launcher=(sys.executable, "-m", "train.fit_gate"))
+    result = run_cli(str(tmp_path / "nothing"), launcher=(sys.executable, "-m", "train.gate"))
     assert result.returncode == 2 and "is not a model folder written by `python -m train`" in result.stderr
     (out / "ood.safetensors").unlink()
     with pytest.raises(pneumonia.UsageError, match="ood.safetensors is missing"):
@@ -215,8 +215,8 @@ def test_float16_weights_halve_the_file_and_reload_to_the_recorded_probabilities
 
 
 def test_int8_that_misses_the_parity_bar_is_not_shipped(data_dir, tmp_path, monkeypatch):
-    from train import export_onnx
-    from train.card import write_card
+    from train.export import onnx as export_onnx
+    from train.export.card import write_card
     from train.data import load_splits
 
     out = tmp_path / "cnn"

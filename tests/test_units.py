@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import pneumonia
-from pneumonia.augment import Augment
+from train.augment import Augment
 from pneumonia.preprocessing import UnreadableImage
 from train.config import TrainConfig, build_parser, parse_config
 from train.data import patient_id, split_by_patient

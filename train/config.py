@@ -63,9 +63,9 @@ class TrainConfig:
         "balanced", "operating threshold: best balanced accuracy on clean + shifted validation, best F1 on "
         "validation, or best specificity with sensitivity >= 0.95 on validation", ("balanced", "f1", "sensitivity95"),
     )
-    export_onnx: bool = _opt(True, "also write model.onnx and a parity-checked model.int8.onnx (train.export_onnx)")
+    export_onnx: bool = _opt(True, "also write model.onnx and a parity-checked model.int8.onnx (train.export.onnx)")
     ood_gate: bool = _opt(True, "fit the out-of-distribution gate that refuses what is not a child's frontal chest "
-                          "film and cautions on adults' films (train.fit_gate)")
+                          "film and cautions on adults' films (train.gate.fit)")
     scope_data: str | None = _opt(None, "images the gate learns to refuse or caution on (a folder with provenance.csv, "
                                   "see train/scope.py); default: ../shared/data/scope beside the checkout, when there")
     weights_dtype: str = _opt("float32", "dtype of model.safetensors; float16 halves the file", ("float32", "float16"))

@@ -15,7 +15,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from pneumonia.presets import LABEL_NAMES, UsageError
-from pneumonia.augment import Augment
+from train.augment import Augment
 from pneumonia.ood import image_check
 from pneumonia.preprocessing import UnreadableImage, XrayPreprocessing, build_transform, open_image
 from train.shift import shifted_film

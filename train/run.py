@@ -21,18 +21,19 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from pneumonia.augment import Augment
+from train.augment import Augment
 from pneumonia.presets import UsageError, create_model
 from pneumonia.preprocessing import XrayPreprocessing, data_config_of
-from train import checkpoints, data, fit_gate, optim
+from train import checkpoints, data, optim
+from train.gate import fit as gate_fit
 from train.config import TrainConfig, parse_config
-from train.card import write_card
-from train.export import write_model_folder, write_predictions
-from train.export_onnx import export_from_splits, parity_summary
-from train.hub import require_token
-from train.evaluation import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
+from train.export.card import write_card
+from train.export.folder import write_model_folder, write_predictions
+from train.export.onnx import export_from_splits, parity_summary
+from train.publish.hub import require_token
+from train.predict import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
 from train.metrics import binary_metrics
-from train.publish import publish
+from train.publish.model import publish
 
 VALIDATION_SPLITS = ("validation", "shifted_validation")
 
@@ -166,7 +167,7 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
         name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
     })
     if config.ood_gate:  # before the ONNX export, whose files carry the gate's features
-        accelerator.print(fit_gate.summary(fit_gate.fit_folder(output_dir, splits, dataclasses.asdict(config),
+        accelerator.print(gate_fit.summary(gate_fit.fit_folder(output_dir, splits, dataclasses.asdict(config),
                                                                config.batch_size, config.num_workers)))
     if config.export_onnx:  # calibrated on training films, parity on test: no choice is made on it
         found = export_from_splits(output_dir, splits, config.seed, config.batch_size, config.num_workers)

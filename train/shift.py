@@ -17,7 +17,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageFilter
 
-from pneumonia.augment import adjust_brightness, adjust_contrast, apply_gamma
+from train.augment import adjust_brightness, adjust_contrast, apply_gamma
 from pneumonia.preprocessing import open_image
 
 # Strengths, each drawn from one of two intervals (below or above the training range).

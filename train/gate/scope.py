@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from pneumonia.ood import KINDS, LinearHeads, OodGate
-from train.ood_probes import photos_and_documents
+from train.gate.probes import photos_and_documents
 
-DEFAULT_SCOPE = Path(__file__).resolve().parents[2] / "shared" / "data" / "scope"
+DEFAULT_SCOPE = Path(__file__).resolve().parents[3] / "shared" / "data" / "scope"
 CATEGORIES = (*KINDS, "adult_frontal")
 WIDE_NET = 0.999  # share of clean validation inside the distance cut-off
 REFUSE_BUDGET = {"validation": 0.01, "shifted_validation": 0.05}
 CAUTION_BUDGET = {"validation": 0.01, "shifted_validation": 0.02}
-# Chosen by leave-one-source-out on the bundled model (README, "What the gate learned"): the
+# Chosen by leave-one-source-out on the bundled model (docs/ood-gate.md): the
 # regularisation of each head and how many augmented draws of each scope image it sees.
 OPTIONS = {"refuse": {"C": 0.01, "draws": 0}, "adult": {"C": 0.01, "draws": 0}, "kind": {"C": 0.1, "draws": 4}}
 # A refusal names the kind when the kind head gives it at least this probability: leave-one-source-out, the
@@ -59,7 +59,7 @@ class ScopeSet:
 
 def load_scope(folder: Path | str | None = None) -> ScopeSet | None:
     """The scope images from ``folder`` (default ../shared/data/scope) and the photos and documents
-    drawn in ``train.ood_probes``; None where the folder is absent."""
+    drawn in ``train.gate.probes``; None where the folder is absent."""
     folder = Path(folder or DEFAULT_SCOPE)
     if not (folder / "provenance.csv").is_file():
         return None

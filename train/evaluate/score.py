@@ -25,11 +25,11 @@ from accelerate import Accelerator
 
 import pneumonia
 from pneumonia.presets import LABEL_NAMES, UsageError
-from train.card import plot_confusion_matrix, plot_roc, write_card
+from train.export.card import plot_confusion_matrix, plot_roc, write_card
 from train.data import XrayDataset, file_names, load_splits
-from train.evaluation import gradcam_central_share, p_positive, predict
-from train.export import write_predictions
-from train.fit_gate import gate_features
+from train.predict import gradcam_central_share, p_positive, predict
+from train.export.folder import write_predictions
+from train.gate.fit import gate_features
 from train.metrics import binary_metrics
 
 OUTCOMES = ("answer", "caution", "refuse")
@@ -203,7 +203,7 @@ def count_outcomes(classifier: pneumonia.Classifier, rows: datasets.Dataset, nam
                    batch_size: int, num_workers: int) -> dict:
     """The gate's outcome shares for a folder of unlabelled images, written to outcomes.json."""
     if classifier.gate is None:
-        raise UsageError("this model folder has no out-of-distribution gate: fit one with `python -m train.fit_gate FOLDER`")
+        raise UsageError("this model folder has no out-of-distribution gate: fit one with `python -m train.gate FOLDER`")
     outcomes = gate_outcomes(classifier, rows, batch_size, num_workers)
     readable = sum(len(files) for files in outcomes.values())
     found = {"data": name, "images": readable, "skipped_unreadable": len(rows) - readable,

@@ -1,6 +1,6 @@
 """Compare finished runs, one row each: the command, validation, shifted validation and test.
 
-    python -m train.compare runs/* [--output comparison.md] [--threshold-rule f1]
+    python -m train.evaluate.compare runs/* [--output comparison.md] [--threshold-rule f1]
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _maybe(value: float | None, form: str = "{:.3f}") -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.compare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate.compare", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="output folders of `python -m train`")
     parser.add_argument("--output", type=Path, help="also write the table to this Markdown file")
     parser.add_argument("--threshold-rule", choices=tuple(THRESHOLD_RULES),

@@ -12,15 +12,15 @@ from pneumonia.backends import ONNX_FILES
 from pneumonia.hub_code import CODE_FILES, add_transformers_code
 from pneumonia.ood import GATE_FILE, INT8_GATE_FILE
 from pneumonia.presets import UsageError
-from train.card import write_card
-from train.hub import push_folder
+from train.export.card import write_card
+from train.publish.hub import push_folder
 
 # What a model repo holds; the rest of a run folder (checkpoints/, optimizer state) stays local.
 MODEL_FILES = [
     "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
     "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png", *CODE_FILES,
 ]
-OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE, INT8_GATE_FILE]  # pushed when `train.export_onnx` / `train.fit_gate` wrote them
+OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE, INT8_GATE_FILE]  # pushed when `train.export.onnx` / `train.gate.fit` wrote them
 _NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
 
 
@@ -44,7 +44,7 @@ def _restore_fp32_onnx(folder: Path) -> None:
     if fp32.is_file() or not (folder / ONNX_FILES["onnx-int8"]).is_file():
         return
     import pneumonia
-    from train.export_onnx import export_fp32
+    from train.export.onnx import export_fp32
 
     classifier = pneumonia.load_classifier(str(folder), backend="pytorch")
     export_fp32(classifier.model, tuple(classifier.data_config["input_size"]), fp32, classifier.gate)

@@ -1,5 +1,5 @@
 """Model outputs over a loader, and the numbers computed from them: shared by training and
-``train.evaluate``."""
+``train.evaluate.score``."""
 from __future__ import annotations
 
 import numpy as np

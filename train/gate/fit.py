@@ -1,11 +1,11 @@
 """Fit a model folder's out-of-distribution gate: answer, caution (an adult's film) or refuse.
 
-    python -m train.fit_gate runs/cnn [--dataset ../shared/data/chest_xray] [--scope ../shared/data/scope]
-    python -m train.fit_gate runs/cnn --compare      # leave-one-source-out figures of each head option
+    python -m train.gate runs/cnn [--dataset ../shared/data/chest_xray] [--scope ../shared/data/scope]
+    python -m train.gate runs/cnn --compare      # leave-one-source-out figures of each head option
 
 Training runs this at its end; the command fits folders trained before the gate existed (or
 refits one). The Gaussians come from the training films under the run's own augmentation; the
-heads from those films against the scope images (``train/scope.py``, which also states the
+heads from those films against the scope images (``train/gate/scope.py``, which also states the
 cut-off rule); the cut-offs from clean and shifted validation. Then the gate is scored, once,
 on test, on the scope images (in-sample and leave-one-source-out) and on non-X-ray probes. It
 writes ``ood.safetensors``, ``config.json["ood"]`` and ``metrics.json["ood"]``, re-exports the
@@ -26,15 +26,16 @@ import torch
 from accelerate.utils import set_seed
 
 import pneumonia
-from pneumonia.augment import Augment
+from train.augment import Augment
 from pneumonia.backends import ONNX_FILES
 from pneumonia.ood import OodGate
 from pneumonia.torch_model import WithGateFeatures, gate_layers
 from pneumonia.preprocessing import XrayPreprocessing
 from pneumonia.presets import UsageError
-from train import data, scope
+from train import data
+from train.gate import scope
 from train.config import saved_training_config
-from train.ood_probes import probe_images
+from train.gate.probes import probe_images
 
 SPLITS = ("train", "validation", "shifted_validation", "test")
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # pixels -> (logits, gate features)
@@ -200,7 +201,7 @@ COMPARE_GRID = {"refuse": [("C", 0.001), ("C", 0.01), ("C", 0.1), ("C", 1.0), ("
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.fit_gate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m train.gate", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a model folder written by `python -m train`")
     parser.add_argument("--dataset", help="the labelled data it was trained on; default: the one in training_config.json")
     parser.add_argument("--scope", help="the scope images (folder with provenance.csv); default: the one in "
@@ -228,13 +229,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if (args.folder / "predictions.csv").is_file():
-        from train.card import write_card
+        from train.export.card import write_card
 
         write_card(args.folder)
 
 
 def _export_onnx(folder: Path, splits, training: dict, args) -> None:
-    from train.export_onnx import export_from_splits, parity_summary
+    from train.export.onnx import export_from_splits, parity_summary
 
     found = export_from_splits(folder, splits, training["seed"], args.batch_size, args.num_workers)
     print(parity_summary(found))

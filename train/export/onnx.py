@@ -1,6 +1,6 @@
 """Export a trained model folder to ONNX: fp32, and static int8 checked for parity with PyTorch.
 
-    python -m train.export_onnx runs/cnn [--dataset ../shared/data/chest_xray] [--calibration-images 256]
+    python -m train.export runs/cnn [--dataset ../shared/data/chest_xray] [--calibration-images 256]
 
 Writes ``model.onnx`` (fp32) and ``model.int8.onnx`` (static int8: QDQ, per-channel int8
 weights, uint8 activations, calibrated on training films through the model's own
@@ -31,8 +31,8 @@ from pneumonia.torch_model import WithGateFeatures, gate_layers
 from pneumonia.presets import UsageError
 from train.config import saved_training_config
 from train.data import XrayDataset, load_splits, subsample
-from train.fit_gate import collect_features, fit_gate
-from train.scope import load_scope
+from train.gate.fit import collect_features, fit_gate
+from train.gate.scope import load_scope
 
 PARITY_BAR = {"decision_agreement": 0.99, "mean_abs_dp": 0.01, "outcome_agreement": 0.98}
 CALIBRATION_IMAGES = 256  # training films int8 is calibrated on
@@ -192,7 +192,7 @@ def _outputs(classifier, batches, candidates) -> tuple[tuple, dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.export_onnx", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m train.export", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a model folder written by `python -m train`")
     parser.add_argument("--dataset", help="the labelled data (train split for calibration, test for parity); "
                                           "default: the dataset the model was trained on")
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     print(parity_summary(found))
     if (args.folder / "predictions.csv").is_file():
-        from train.card import write_card
+        from train.export.card import write_card
 
         write_card(args.folder)
 

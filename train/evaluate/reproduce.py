@@ -1,7 +1,7 @@
 """Train every preset with the project's recipe and write the comparison table.
 
-    python -m train.reproduce --dataset ../shared/data/chest_xray --output-root runs/reproduce
-    accelerate launch -m train.reproduce --dataset DATA --output-root runs/gpu --pretrained   # a GPU machine
+    python -m train.evaluate.reproduce --dataset ../shared/data/chest_xray --output-root runs/reproduce
+    accelerate launch -m train.evaluate.reproduce --dataset DATA --output-root runs/gpu --pretrained   # a GPU machine
 
 Flags other than --output-root and --presets go to every `python -m train` run unchanged
 (see `python -m train --help`); the recipe is training's defaults. A finished preset is
@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from pneumonia.presets import PRESETS, UsageError
-from train.compare import write_comparison
+from train.evaluate.compare import write_comparison
 from train.config import parse_config
 from train.run import main as train_main
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="python -m train.reproduce", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate.reproduce", description=__doc__.splitlines()[0],
                                      epilog="Any other flag is a `python -m train` flag, passed to every run.")
     parser.add_argument("--output-root", type=Path, required=True, help="one folder per preset is made under it")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS), help="which presets")

@@ -18,10 +18,10 @@ from pneumonia.pixels import data_config_from  # noqa: E402
 from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
 from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
-from train.export import LICENSE  # noqa: E402
+from train.export.folder import LICENSE  # noqa: E402
 from train.metrics import THRESHOLD_RULES  # noqa: E402
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
 CARD_METRICS = {"f1": "F1", "precision": "Precision", "recall": "Recall (sensitivity)", "specificity": "Specificity",
                 "accuracy": "Accuracy", "roc_auc": "ROC-AUC"}
 DATASET_NAME = "chest-xray-pneumonia"  # the repo `python -m dataset_script.build_dataset --push-to-hub` makes

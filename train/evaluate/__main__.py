@@ -1,0 +1,3 @@
+from train.evaluate.score import main
+
+main()

@@ -1,0 +1,3 @@
+from train.export.onnx import main
+
+main()

@@ -1,0 +1,3 @@
+from train.gate.fit import main
+
+main()

@@ -1,0 +1,3 @@
+from train.publish.model import main
+
+main()

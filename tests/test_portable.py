@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from PIL import ImageOps
 
 import pneumonia
 from pneumonia.pixels import data_config_from, preprocess
@@ -37,7 +38,9 @@ def test_numpy_pixels_equal_timm_for_each_preset_any_shape_and_every_step(name, 
     assert data_config_from({"pretrained_cfg": model.pretrained_cfg}) == {**config, "mean": tuple(config["mean"]),
                                                                          "std": tuple(config["std"])}
     base = pneumonia.open_image(film("PNEUMONIA", 3))
-    shapes = [base.resize((700, 560)), base.resize((333, 517)).convert("L"), base.convert("I;16")]
+    framed = ImageOps.expand(base.convert("L"), border=(60, 0, 60, 30), fill=0)  # black margins to crop
+    shapes = [base.resize((700, 560)), base.resize((333, 517)).convert("L"), base.convert("I;16"), framed]
+    assert not np.array_equal(preprocess(framed, config, crop=True), preprocess(framed, config))  # the crop acts
     for intensity, crop in (("none", False), ("clahe", True), ("percentile", False), ("equalize", True)):
         transform = pneumonia.build_transform(config, pneumonia.XrayPreprocessing(intensity, crop))
         for image in shapes:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumonia.labels import UsageError
+
 BACKENDS = ("auto", "onnx", "onnx-int8", "onnx-fp32", "pytorch")  # onnx: int8, else fp32
 ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx-fp32": "model.onnx"}
 
@@ -19,7 +21,11 @@ class OnnxLogits:
     """Logits (N, classes) of a preprocessed batch, and the gate's features, from an ONNX Runtime CPU session."""
 
     def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise UsageError(f"the ONNX backends need ONNX Runtime ({err}): pip install \"pneumonia-xray[onnx]\", "
+                             'or read with backend="pytorch"') from err
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("PNEUMONIA_ONNX_THREADS", "0"))

@@ -144,8 +144,12 @@ def is_dicom(source: str | Path | bytes) -> bool:
 
 def _read_dicom(source: str | Path | bytes) -> Image.Image:
     """The displayed image: modality rescale and VOI window applied, MONOCHROME1 inverted."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError as err:
+        raise UnreadableImage(f"{_describe(source)}: reading DICOM needs pydicom ({err}): "
+                              'pip install "pneumonia-xray[dicom]", or upload a PNG or JPEG of the film') from err
 
     try:
         dataset = pydicom.dcmread(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, force=True)

@@ -104,3 +104,27 @@ def test_without_torch_the_heat_map_says_what_to_install():
             print(json.dumps(str(err)))
     """)
     assert "pneumonia-xray[torch]" in message
+
+
+def test_a_light_install_names_the_extra_it_lacks(write_dicom, tmp_path):
+    """Without onnxruntime, backend="onnx" says which extra to install; without pydicom, so does a
+    DICOM upload; neither is a bare ImportError."""
+    dicom = write_dicom(tmp_path / "film.dcm", np.full((300, 300), 2000, np.uint16), "MONOCHROME2")
+    found = _without_torch(f"""
+        import json, sys
+        sys.modules["onnxruntime"] = None
+        sys.modules["pydicom"] = None
+        import pneumonia
+        from pneumonia.preprocessing import UnreadableImage
+        messages = []
+        try:
+            pneumonia.load_classifier({str(BUNDLED_MODEL)!r}, backend="onnx")
+        except pneumonia.UsageError as err:
+            messages.append(str(err))
+        try:
+            pneumonia.open_image({str(dicom)!r})
+        except UnreadableImage as err:
+            messages.append(str(err))
+        print(json.dumps(messages))
+    """)
+    assert len(found) == 2 and '"pneumonia-xray[onnx]"' in found[0] and '"pneumonia-xray[dicom]"' in found[1]

@@ -40,8 +40,8 @@ try:
     classifier = load_classifier(MODEL_SOURCE, backend=_backend())  # once, at start-up
 except UsageError as err:
     raise SystemExit(f"error: PNEUMONIA_MODEL / PNEUMONIA_BACKEND: {err}") from None
-model_lock = threading.Lock()
-log = logging.getLogger("app")  # each upload's outcome and gate scores (the page shows words only)  # Grad-CAM hooks the PyTorch model: one batch at a time uses it
+model_lock = threading.Lock()  # the heat map hooks the PyTorch model: one batch at a time uses it
+log = logging.getLogger("app")  # each upload's outcome and gate scores (the page shows words only)
 
 
 def _max_batch_size() -> int:
@@ -162,26 +162,45 @@ def caution() -> str:
 
 
 def decision(reading: Reading) -> str:
-    """The outcome in words, headed by the decision (### NORMAL, ### PNEUMONIA or ### NOT ASSESSED)."""
+    """The outcome in words, headed by the decision (### NORMAL, ### PNEUMONIA, ### UNCERTAIN or
+    ### NOT ASSESSED)."""
     if reading.refused:
         return f"### NOT ASSESSED\n{refusal(reading)}"
-    probs = reading.probabilities
-    verdict = classifier.decide(probs)
+    p = reading.probabilities[POSITIVE_LABEL]
+    warning = f"> **{caution()}**\n\n" if reading.adult else ""
+    if reading.uncertain:
+        return f"### UNCERTAIN\n{warning}{uncertainty(p)}"
+    verdict = classifier.decide(reading.probabilities)
     side = "at or above" if verdict == POSITIVE_LABEL else "below"
-    warning = f"> **{caution()}**\n\n" if reading.outcome == "caution" else ""
-    return (f"### {verdict}\n{warning}P(PNEUMONIA) = {probs[POSITIVE_LABEL]:.3f} is {side} the model's operating "
+    return (f"### {verdict}\n{warning}P(PNEUMONIA) = {p:.3f} is {side} the model's operating "
             f"threshold {classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the "
             "longer bar.")
 
 
+def uncertainty(p: float) -> str:
+    """Why no decision is given, with what the band costs and buys on validation."""
+    low, high = classifier.threshold - classifier.uncertain_band, classifier.threshold + classifier.uncertain_band
+    shifted = classifier.metrics.get("shifted_validation", {})
+    measured = (f" Outside this band the model was right on {shifted['answered_accuracy']:.1%} of the shifted "
+                f"validation films and answered {shifted['coverage']:.0%} of them." if "coverage" in shifted else "")
+    return (f"Uncertain: needs a radiologist's read. P(PNEUMONIA) = {p:.3f} lies in the band {low:.3f} to "
+            f"{high:.3f} around the operating threshold {classifier.threshold:.3f}, where the model is too often "
+            f"wrong to give a decision.{measured}")
+
+
 def outcome(reading: Reading) -> dict:
     """/predict's third output, for API callers: the outcome without parsing prose, and the scores."""
-    answered = not reading.refused
+    assessed = not reading.refused
+    p = reading.probabilities[POSITIVE_LABEL] if assessed else None
+    reasons = [reading.reason if reading.refused else None, uncertainty(p) if reading.uncertain else None,
+               caution() if reading.adult else None]
     return {"outcome": reading.outcome, "kind": reading.kind,
-            "reason": reading.reason or (caution() if reading.outcome == "caution" else None),
-            "decision": classifier.decide(reading.probabilities) if answered else None,
-            "p_pneumonia": reading.probabilities[POSITIVE_LABEL] if answered else None,
-            "threshold": classifier.threshold, "scores": reading.scores}
+            "reason": " ".join(r for r in reasons if r) or None,
+            "decision": classifier.decide(reading.probabilities) if assessed and not reading.uncertain else None,
+            "p_pneumonia": p, "threshold": classifier.threshold,
+            "uncertain_band": [classifier.threshold - classifier.uncertain_band,
+                               classifier.threshold + classifier.uncertain_band] if classifier.uncertain_band else None,
+            "scores": reading.scores}
 
 
 def bars(reading: Reading) -> dict[str, float] | str:
@@ -197,7 +216,7 @@ def classify(image_path: str | None) -> tuple[dict[str, float] | str, str]:
 
 
 def heat_map(image_path: str | None) -> Image.Image | None:
-    """A Grad-CAM heat map of the PNEUMONIA score over the X-ray; None for a refused image."""
+    """A heat map (LayerCAM) of the PNEUMONIA score over the X-ray; None for a refused image."""
     return heat_maps([_open(image_path)])[0]
 
 
@@ -263,7 +282,7 @@ def classify_batch(image: list[str | None]) -> tuple[list, list, list]:
 
 
 def heat_map_batch(image: list[str | None]) -> tuple[list]:
-    """The /heatmap endpoint, which the page calls once the answer is shown: Grad-CAM
+    """The /heatmap endpoint, which the page calls once the answer is shown: LayerCAM
     overlays for up to MAX_BATCH_SIZE uploads from one PyTorch forward and backward pass."""
     return ([found if isinstance(found, Image.Image) else None for found in _per_upload(image, heat_maps)],)
 
@@ -284,7 +303,7 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
             reading = gr.JSON(visible=False)  # for API callers: outcome, reason, scores
             with gr.Row():
                 film = gr.Image(label=film_caption(None), type="pil", elem_id="film")
-                heatmap = gr.Image(label="Grad-CAM: regions that raised the PNEUMONIA score", type="pil",
+                heatmap = gr.Image(label="Heat map (LayerCAM): regions that raised the PNEUMONIA score", type="pil",
                                    elem_id="heatmap")
     # The film shows at once; a file it cannot show gets its message from /predict's check.
     upload.change(show_film, inputs=upload, outputs=film, api_name="film", api_visibility="undocumented")

@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al., 2017): which regions raised the PNEUMONIA score, for any preset."""
+"""Heat maps of which regions raised the PNEUMONIA score (LayerCAM over three stages, or Grad-CAM), for any preset."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,16 +9,33 @@ from torch import nn
 from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL
 
 
-def target_layer(model: nn.Module) -> nn.Module:
-    """The deepest feature map timm (or our cnn) declares in ``feature_info``."""
-    return model.get_submodule(model.feature_info[-1]["module"])
+# Which maps the heat map combines, and how (docs/heat-map.md: chosen on validation by the share
+# of the map in the central chest, and by eye). LayerCAM (Jiang et al., 2021, as in the grad-cam
+# library's LayerCAM) weighs each position by its own positive gradient, which keeps the earlier,
+# finer stages meaningful; Grad-CAM (Selvaraju et al., 2017) weighs each channel by its mean gradient.
+METHOD = "layercam"
+STAGES = (-3, -2, -1)  # feature stages in timm's feature_info: -1 is the last, coarsest map
+DESCRIPTION = "LayerCAM over the last three feature stages"
 
 
-def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL) -> tuple[torch.Tensor, np.ndarray]:
-    """One forward pass over a preprocessed batch (N, 3, H, W): the logits (N, classes) and
-    a Grad-CAM map per image (N, H, W) in [0, 1] at the input's resolution."""
-    captured: dict[str, torch.Tensor] = {}
-    handle = target_layer(model).register_forward_hook(lambda module, inputs, output: captured.update(maps=output))
+def stage_layers(model: nn.Module, stages: tuple[int, ...] = STAGES) -> list[nn.Module]:
+    """The modules of the feature stages timm (or our cnn) declares in ``feature_info`` (as many as it has)."""
+    info = model.feature_info
+    return [model.get_submodule(info[i]["module"]) for i in dict.fromkeys(max(i, -len(info)) for i in stages)]
+
+
+def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL, method: str = METHOD,
+             stages: tuple[int, ...] = STAGES) -> tuple[torch.Tensor, np.ndarray]:
+    """One forward pass over a preprocessed batch (N, 3, H, W): the logits (N, classes) and a
+    heat map of ``label``'s score per image (N, H, W) in [0, 1] at the input's resolution: each
+    stage's map, scaled to [0, 1], averaged, scaled again (the grad-cam library's aggregation)."""
+    layers = stage_layers(model, stages)
+    captured: list[torch.Tensor] = [None] * len(layers)
+
+    def keep(index):
+        return lambda module, inputs, output: captured.__setitem__(index, output)
+
+    handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
     was_training = model.training
     model.eval()
     try:
@@ -27,17 +44,32 @@ def grad_cam(model: nn.Module, pixels: torch.Tensor, label: str = POSITIVE_LABEL
             # In eval mode the images don't interact, so the sum's gradient is each image's own.
             score = logits[:, LABEL_NAMES.index(label)].sum()
             # autograd.grad, not backward(): the weights' .grad stay as they were
-            (gradients,) = torch.autograd.grad(score, captured["maps"])
+            gradients = torch.autograd.grad(score, captured)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    weights = gradients.mean(dim=(2, 3), keepdim=True)  # one weight per channel
-    cams = torch.relu((weights * captured["maps"]).sum(dim=1, keepdim=True))
-    cams = nn.functional.interpolate(cams, size=pixels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    peaks = cams.amax(dim=(1, 2), keepdim=True)
-    cams = torch.where(peaks > 0, cams / peaks.clamp_min(1e-12), cams)
-    # Under mixed precision (bf16 autocast on a GPU) the maps are bf16, which numpy has no type for.
-    return logits.detach().float(), cams.detach().float().cpu().numpy()
+    maps = [_stage_map(maps.float(), grads.float(), method, pixels.shape[-2:]) for maps, grads in zip(captured, gradients)]
+    cams = _scaled(torch.stack(maps).mean(dim=0))
+    # Under mixed precision (bf16 autocast on a GPU) the logits are bf16, which numpy has no type for.
+    return logits.detach().float(), cams.detach().cpu().numpy()
+
+
+def _stage_map(maps: torch.Tensor, gradients: torch.Tensor, method: str, size) -> torch.Tensor:
+    if method == "layercam":
+        weighted = torch.relu(gradients) * maps
+    elif method == "gradcam":
+        weighted = gradients.mean(dim=(2, 3), keepdim=True) * maps  # one weight per channel
+    else:
+        raise ValueError(f"unknown heat map method {method!r}: layercam or gradcam")
+    cams = _scaled(torch.relu(weighted.sum(dim=1)))  # scaled, then resized: as the grad-cam library does
+    return nn.functional.interpolate(cams[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def _scaled(cams: torch.Tensor) -> torch.Tensor:
+    """Each map to [0, 1] (min to 0, peak to 1); an all-zero map stays zero."""
+    cams = cams - cams.amin(dim=(1, 2), keepdim=True)
+    return cams / (cams.amax(dim=(1, 2), keepdim=True) + 1e-7)
 
 
 def overlay(image: Image.Image, cam: np.ndarray, alpha: float = 0.45, max_side: int = 512) -> Image.Image:

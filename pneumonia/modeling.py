@@ -25,11 +25,16 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+UNCERTAIN_REASON = "P(PNEUMONIA) is too close to the model's threshold to call: it needs a radiologist's read"
+
+
 @dataclass
 class Reading:
-    """What the model makes of one image: its calibrated probabilities and the out-of-distribution
-    gate's outcome: "answer", "caution" (``kind`` "adult": answered, with a caution) or "refuse"
-    (``kind`` says what it looks like, see ``pneumonia.ood.REASONS``; the probabilities then mean
+    """What the model makes of one image: its calibrated probabilities and one of four outcomes:
+    "answer"; "caution" (``kind`` "adult": answered, with a caution); "uncertain" (P(PNEUMONIA)
+    within the model's uncertain band around its threshold: no decision, it needs a radiologist's
+    read; ``kind`` is still "adult" for an adult's film); or "refuse" (the out-of-distribution gate's:
+    ``kind`` says what it looks like, see ``pneumonia.ood.REASONS``; the probabilities then mean
     nothing). ``scores`` are the gate's numbers behind the outcome, for the log and the API."""
 
     probabilities: dict[str, float]
@@ -42,9 +47,20 @@ class Reading:
         return self.outcome == "refuse"
 
     @property
+    def uncertain(self) -> bool:
+        return self.outcome == "uncertain"
+
+    @property
+    def adult(self) -> bool:
+        """The gate took it for an adult's film (answered with a caution, or uncertain)."""
+        return self.kind == "adult"
+
+    @property
     def reason(self) -> str | None:
-        """Why it was refused, in plain words; None when it was answered."""
-        return REASONS[self.kind] if self.refused else None
+        """Why it was refused or held back, in plain words; None when it was answered."""
+        if self.refused:
+            return REASONS[self.kind]
+        return UNCERTAIN_REASON if self.uncertain else None
 
 
 @dataclass
@@ -60,6 +76,7 @@ class Classifier:
     metrics: dict        # the folder's metrics.json ({} when absent)
     data_config: dict    # resize and normalisation (timm's data config, from config.json)
     preprocessing: XrayPreprocessing
+    uncertain_band: float = 0.0  # P within threshold ± this is "uncertain" (chosen on shifted validation)
     backend: str = "pytorch"                        # where read's logits come from
     onnx_logits: backends.OnnxLogits | None = None  # ONNX Runtime, when backend is onnx-*
     gate: OodGate | None = None  # the out-of-distribution gate; None for folders fitted without one
@@ -143,10 +160,17 @@ class Classifier:
 
     def _readings(self, images, probs: np.ndarray, features: np.ndarray | None) -> list[Reading]:
         if self.gate is None:
-            return [Reading(self._by_label(p)) for p in probs]
-        verdicts = self.gate.verdicts(np.asarray(features, dtype=np.float64))
-        return [_reading(self._by_label(p), image_verdict(image) or verdict)
-                for image, p, verdict in zip(images, probs, verdicts)]
+            verdicts = [Verdict()] * len(probs)
+        else:
+            gated = self.gate.verdicts(np.asarray(features, dtype=np.float64))
+            verdicts = [image_verdict(image) or verdict for image, verdict in zip(images, gated)]
+        return [self._reading(self._by_label(p), verdict) for p, verdict in zip(probs, verdicts)]
+
+    def _reading(self, probabilities: dict[str, float], verdict: Verdict) -> Reading:
+        outcome = verdict.outcome
+        if outcome != "refuse" and self.is_uncertain(probabilities):
+            outcome = "uncertain"
+        return Reading(probabilities, outcome, verdict.kind, verdict.scores)
 
     def predict(self, image: Image.Image) -> dict[str, float]:
         return self._by_label(self.predict_proba([image])[0])
@@ -166,7 +190,13 @@ class Classifier:
         return {name: float(p) for name, p in zip(self.label_names, probs)}
 
     def decide(self, probs: dict[str, float]) -> str:
+        """The side of the threshold P(PNEUMONIA) falls on ("at or above" is PNEUMONIA); see
+        ``is_uncertain`` for films too close to it to answer."""
         return POSITIVE_LABEL if probs[POSITIVE_LABEL] >= self.threshold else self._negative_label
+
+    def is_uncertain(self, probs: dict[str, float]) -> bool:
+        """P(PNEUMONIA) within [threshold - band, threshold + band] (``train.metrics.answered``)."""
+        return self.uncertain_band > 0 and abs(probs[POSITIVE_LABEL] - self.threshold) <= self.uncertain_band
 
     @property
     def _negative_label(self) -> str:
@@ -177,10 +207,6 @@ def _as_tensor(image: Image.Image, **settings):
     import torch
 
     return torch.from_numpy(preprocess(image, **settings))
-
-
-def _reading(probabilities: dict[str, float], verdict: Verdict) -> Reading:
-    return Reading(probabilities, verdict.outcome, verdict.kind, verdict.scores)
 
 
 def _file(source: str, name: str) -> Path | None:
@@ -230,6 +256,7 @@ def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
         label_names=tuple(config.get("label_names") or LABEL_NAMES),
         threshold=float(config.get("threshold", 0.5)),
         temperature=float(config.get("temperature", 1.0)),
+        uncertain_band=float(config.get("uncertain_band", 0.0)),  # 0: folders from before the band existed
         config=config,
         metrics=_read_json(source, "metrics.json") or {},
         data_config=data_config_from(config),

@@ -201,13 +201,21 @@ def expected_verdict(p_pneumonia: float, threshold: float) -> str:
     return "PNEUMONIA" if p_pneumonia >= threshold else "NORMAL"
 
 
-def clear_films(folder: Path, split: str = "test", margin: float = 0.2) -> list[dict]:
-    """Recorded films whose P(PNEUMONIA) lies at least ``margin`` from the folder's threshold,
-    each with the verdict it must get ("expected"). The margin is far above the largest int8
-    drift (0.051 on the bundled model's 624 test films), so every backend must agree."""
-    threshold = json.loads((folder / "config.json").read_text())["threshold"]
-    return [{**row, "expected": expected_verdict(row["p_pneumonia"], threshold)}
-            for row in recorded_predictions(folder, split) if abs(row["p_pneumonia"] - threshold) >= margin]
+def clear_films(folder: Path, split: str = "test", margin: float = 0.1) -> list[dict]:
+    """Recorded films whose P(PNEUMONIA) lies at least ``margin`` from the edges of the folder's
+    uncertain band (threshold ± band), each with the verdict it must get ("expected"): its side of
+    the threshold outside the band, "UNCERTAIN" inside. The margin is twice the largest int8 drift
+    (0.051 on the earlier bundled model's 624 test films), so every backend must agree."""
+    config = json.loads((folder / "config.json").read_text())
+    threshold, band = config["threshold"], config.get("uncertain_band", 0.0)
+    found = []
+    for row in recorded_predictions(folder, split):
+        distance = abs(row["p_pneumonia"] - threshold)
+        if distance >= band + margin:
+            found.append({**row, "expected": expected_verdict(row["p_pneumonia"], threshold)})
+        elif distance <= band - margin:
+            found.append({**row, "expected": "UNCERTAIN"})
+    return found
 
 
 def import_app(model_dir: Path):

@@ -51,17 +51,20 @@ def _heading(decision: str) -> str:
 def test_films_clearly_on_one_side_get_that_verdict_from_the_classifier_and_the_app(
         bundled, bundled_test_films, bundled_readings, bundled_app, data_dir):
     clear = clear_films(BUNDLED)
-    assert {row["expected"] for row in clear} == {"NORMAL", "PNEUMONIA"} and len(clear) >= 500  # 574 of 624
+    assert {row["expected"] for row in clear} == {"NORMAL", "PNEUMONIA", "UNCERTAIN"} and len(clear) >= 400  # 419 of 624
     reading_of = dict(zip((row["file"] for row in bundled_test_films[0]), bundled_readings["pytorch"]))
     for row in clear:
-        assert bundled.decide(reading_of[row["file"]].probabilities) == row["expected"], row
+        reading = reading_of[row["file"]]
+        said = "UNCERTAIN" if bundled.is_uncertain(reading.probabilities) else bundled.decide(reading.probabilities)
+        assert said == row["expected"] and (reading.uncertain or reading.refused) == (said == "UNCERTAIN" or reading.refused), row
     # what /predict runs: open the file, read it with the int8 ONNX backend (and its gate), write the decision
     int8_of = dict(zip((row["file"] for row in bundled_test_films[0]), bundled_readings["onnx-int8"]))
     _, decisions, outcomes = bundled_app.classify_batch([str(data_dir / "test" / row["label"] / row["file"]) for row in clear])
     wrong = [(row["file"], row["expected"], _heading(words)) for row, words in zip(clear, decisions)
              if _heading(words) != ("### NOT ASSESSED" if int8_of[row["file"]].refused else f"### {row['expected']}")]
     assert not wrong
-    assert [o["decision"] for o in outcomes] == [None if int8_of[r["file"]].refused else r["expected"] for r in clear]
+    assert [o["decision"] for o in outcomes] == [None if int8_of[r["file"]].refused or r["expected"] == "UNCERTAIN"
+                                                 else r["expected"] for r in clear]
 
 
 def test_a_film_exactly_at_the_threshold_reads_pneumonia(bundled_app):
@@ -80,7 +83,8 @@ def test_the_gate_refuses_and_cautions_the_test_films_it_did_when_fitted(bundled
     readings = bundled_readings["pytorch"]
     refused = {name for name, reading in zip(names, readings) if reading.refused}
     assert refused == REFUSED_TEST_FILMS and len(refused) == recorded["refused"]
-    assert sum(reading.outcome == "caution" for reading in readings) == recorded["cautioned"]  # 29
+    # 29 cautioned: "caution", or "uncertain" with the adult's caution (kind "adult") when in the band
+    assert sum(reading.adult and not reading.refused for reading in readings) == recorded["cautioned"]
 
 
 def test_int8_is_kept_for_the_bundled_model_because_it_meets_the_bar_on_every_test_film(bundled_readings):
@@ -101,11 +105,12 @@ def test_the_heat_map_explains_pneumonia_not_normal(bundled, bundled_app, film):
     images = [pneumonia.open_image(film(label, index)) for label in ("NORMAL", "PNEUMONIA") for index in (0, 1)]
     _, for_pneumonia = grad_cam(bundled.model, bundled.pixels(images), "PNEUMONIA")
     _, for_normal = grad_cam(bundled.model, bundled.pixels(images), "NORMAL")
-    # on a trained model the two classes' maps differ: mean |difference| measured 0.29 to 0.43 on these films
-    assert (np.abs(for_pneumonia - for_normal).mean(axis=(1, 2)) > 0.15).all()
+    # on a trained model the two classes' maps differ: mean |difference| measured 0.15 to 0.25 on these
+    # films with LayerCAM over three stages (0.29 to 0.43 with Grad-CAM of the last stage alone)
+    assert (np.abs(for_pneumonia - for_normal).mean(axis=(1, 2)) > 0.1).all()
     # the app's heat map (the page's /heatmap) is the PNEUMONIA one
     for image, shown, cam_p, cam_n in zip(images, bundled_app.heat_maps(images), for_pneumonia, for_normal):
         shown = np.asarray(shown, dtype=float)
         gap_to = {name: np.abs(shown - np.asarray(overlay(image, cam), dtype=float)).mean()
                   for name, cam in (("PNEUMONIA", cam_p), ("NORMAL", cam_n))}
-        assert gap_to["PNEUMONIA"] <= 0.01 and gap_to["NORMAL"] > 20, gap_to  # measured 0.0 and 37 to 57 grey levels
+        assert gap_to["PNEUMONIA"] <= 0.01 and gap_to["NORMAL"] > 12, gap_to  # measured 0.0 and 25 to 46 grey levels

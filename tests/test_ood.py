@@ -219,7 +219,8 @@ def test_bundled_gate_refuses_ct_mri_other_body_parts_side_views_and_photos_and_
     found = {(category, r.outcome, r.kind) for (_, category), r in zip([o for o in opened if o[0] is not None], readings)}
     # every one gets its category's outcome; a refusal names its kind, or says plainly that the kind is not clear
     expected = {(kind, "refuse", named) for kind in ood.KINDS for named in (kind, "not_frontal_chest")}
-    assert found <= expected | {("adult_frontal", "caution", "adult")}, found - expected
+    # an adult's film is cautioned; where its P falls in the uncertain band it is uncertain, still with the caution
+    assert found <= expected | {("adult_frontal", outcome, "adult") for outcome in ("caution", "uncertain")}, found - expected
     named = [r.kind == category for (_, category), r in zip([o for o in opened if o[0] is not None], readings)
              if category in ood.KINDS]
     assert np.mean(named) >= 0.9  # measured 1.0 on both backends (these images fitted the heads)

@@ -73,7 +73,8 @@ def test_publish_uploads_exactly_the_model_files(run_folder, hub, capsys):
     sent = _uploaded(run_folder, upload_kw["allow_patterns"])
     exported = {path.name for path in run_folder.glob("*.onnx")}  # training exports them by default
     gates = {path.name for path in run_folder.glob("ood*.safetensors")}  # the gate, and int8's own calibration
-    assert "model.onnx" in exported and "ood.safetensors" in gates and sent == set(MODEL_FILES) | exported | gates
+    plots = {"risk_coverage.png"}  # the card's plot of the uncertain band, which training chose
+    assert "model.onnx" in exported and "ood.safetensors" in gates and sent == set(MODEL_FILES) | exported | gates | plots
     assert not any(name.startswith("checkpoints") for name in sent)
     assert "hf-hub:someone/pneumonia-cnn" in (run_folder / "README.md").read_text()
     assert TOKEN not in capsys.readouterr().out
@@ -175,4 +176,4 @@ def test_training_with_push_to_hub(data_dir, small_scope, tmp_path, hub):
     assert repo_id == "someone/pneumonia-cnn" and create_kw["private"] is True
     exported = {path.name for path in (tmp_path / "run").glob("*.onnx")}
     gates = {path.name for path in (tmp_path / "run").glob("ood*.safetensors")}
-    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES) | exported | gates
+    assert _uploaded(tmp_path / "run", upload_kw["allow_patterns"]) == set(MODEL_FILES) | exported | gates | {"risk_coverage.png"}

@@ -296,3 +296,24 @@ def test_grad_cam_under_bf16_autocast():
         logits, cams = grad_cam(model, pixels)
     assert logits.dtype == torch.float32 and cams.dtype == np.float32 and cams.shape == (2, 64, 64)
     assert ((central_share(cams) >= 0) & (central_share(cams) <= 1)).all()
+
+
+def test_layercam_is_the_grad_cam_librarys_layercam():
+    """The heat map is LayerCAM over three stages, written here (the app needs no OpenCV); the
+    grad-cam library (pytorch_grad_cam, a dev dependency) is its reference."""
+    pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from pneumonia.gradcam import STAGES, grad_cam, stage_layers
+
+    torch.manual_seed(0)
+    model = pneumonia.create_model("resnet18_half", image_size=96).eval()
+    pixels = torch.randn(3, 3, 96, 96)
+    _, ours = grad_cam(model, pixels, "PNEUMONIA")
+    with pytorch_grad_cam.LayerCAM(model, stage_layers(model, STAGES)) as cam:
+        theirs = cam(pixels, targets=[ClassifierOutputTarget(1)] * 3)
+    assert len(stage_layers(model, STAGES)) == 3
+    assert np.abs(ours - theirs).max() < 1e-5  # measured 2.4e-7 (OpenCV's bilinear resize against torch's)
+    _, gradcam = grad_cam(model, pixels, "PNEUMONIA", method="gradcam", stages=(-1,))
+    with pytorch_grad_cam.GradCAM(model, stage_layers(model, (-1,))) as cam:
+        assert np.abs(gradcam - cam(pixels, targets=[ClassifierOutputTarget(1)] * 3)).max() < 1e-5  # measured 3.6e-7

@@ -37,7 +37,8 @@ class TrainConfig:
     warmup_ratio: float = _opt(0.05, "fraction of steps with linear LR warm-up, then cosine decay")
     balance: str = _opt("loss", "class imbalance: weighted loss, weighted sampler, or none", ("loss", "sampler", "none"))
     mixed_precision: str = _opt("auto", "auto = bf16 on a GPU that has it, else fp32", ("auto", "no", "bf16", "fp16"))
-    seed: int = _opt(42, "seed for the split, initialisation, order and augmentation")
+    seed: int = _opt(42, "seed for initialisation, order and augmentation")
+    split_seed: int = _opt(42, "seed of the patient-level train/validation split; keep it to compare runs (ensembles)")
     # data
     val_fraction: float = _opt(0.15, "share of train patients held out for validation")
     augment: str = _opt(

@@ -94,3 +94,49 @@ def choose_threshold(labels: np.ndarray, p_positive: np.ndarray, rule: str) -> f
         best = ok[np.argmin(fpr[ok])]
         return float(min(thresholds[best], 1.0))
     raise ValueError(f"unknown threshold rule {rule!r}")
+
+
+ANSWERED_ACCURACY_TARGET = 0.97  # docs/choices.md rule 6
+BAND_STEP = 0.005
+
+
+def answered(p_positive: np.ndarray, threshold: float, band: float) -> np.ndarray:
+    """Which films are answered: calibrated P outside the uncertain band [t - band, t + band]
+    (``pneumonia.modeling.Classifier.is_uncertain`` is the same rule)."""
+    return np.abs(np.asarray(p_positive, dtype=float) - threshold) > band
+
+
+def selective_metrics(labels: np.ndarray, p_positive: np.ndarray, threshold: float, band: float) -> dict:
+    """Coverage (the share of films answered, not called uncertain) and the accuracy among them."""
+    labels, p_positive = np.asarray(labels).astype(int), np.asarray(p_positive, dtype=float)
+    kept = answered(p_positive, threshold, band)
+    correct = (p_positive >= threshold).astype(int) == labels
+    return {"uncertain_band": band, "coverage": float(kept.mean()) if len(kept) else float("nan"),
+            "answered_accuracy": float(correct[kept].mean()) if kept.any() else float("nan"),
+            "uncertain": int((~kept).sum())}
+
+
+def choose_uncertain_band(labels: np.ndarray, p_positive: np.ndarray, threshold: float,
+                          target: float = ANSWERED_ACCURACY_TARGET, step: float = BAND_STEP) -> float:
+    """The narrowest band [t - w, t + w], w on a grid of ``step``, outside which the films reach
+    ``target`` accuracy (rule 6, on shifted validation). Where no band does, the one with the best
+    answered accuracy that still answers a film."""
+    widest = float(np.abs(np.asarray(p_positive, dtype=float) - threshold).max()) if len(p_positive) else 0.0
+    best, best_accuracy = 0.0, -1.0
+    for w in np.round(np.arange(0.0, widest, step), 6):
+        accuracy = selective_metrics(labels, p_positive, threshold, float(w))["answered_accuracy"]
+        if accuracy >= target:
+            return float(w)
+        if accuracy > best_accuracy:
+            best, best_accuracy = float(w), accuracy
+    return best
+
+
+def risk_coverage(labels: np.ndarray, p_positive: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, accuracy among answered) as the band widens: films answered most confident
+    first, confidence being the distance of P from the threshold."""
+    labels, p_positive = np.asarray(labels).astype(int), np.asarray(p_positive, dtype=float)
+    order = np.argsort(-np.abs(p_positive - threshold), kind="stable")
+    correct = ((p_positive >= threshold).astype(int) == labels)[order]
+    kept = np.arange(1, len(order) + 1)
+    return kept / len(order), np.cumsum(correct) / kept

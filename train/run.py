@@ -29,10 +29,12 @@ from train.gate import fit as gate_fit
 from train.config import TrainConfig, parse_config
 from train.export.card import write_card
 from train.export.folder import write_model_folder, write_predictions
+from train.evaluate.uncertain import write_uncertain_band
 from train.export.onnx import export_from_splits, parity_summary
 from train.publish.hub import require_token
 from train.predict import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
 from train.metrics import binary_metrics
+from pneumonia.gradcam import DESCRIPTION as HEATMAP
 from train.publish.model import publish
 
 VALIDATION_SPLITS = ("validation", "shifted_validation")
@@ -61,7 +63,7 @@ def train(config: TrainConfig) -> None:
     preprocessing = XrayPreprocessing(config.intensity, config.crop_borders)
     with accelerator.main_process_first():  # the main process builds the datasets cache first
         splits = data.load_data(
-            config.dataset, config.val_fraction, config.seed, config.max_train_samples, config.max_eval_samples
+            config.dataset, config.val_fraction, config.split_seed, config.max_train_samples, config.max_eval_samples
         )
     loaders = data.make_loaders(
         splits, data_config, preprocessing, Augment(config.shear, config.zoom, config.hflip, config.augment),
@@ -166,6 +168,7 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
     write_predictions(output_dir / "predictions.csv", {
         name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
     })
+    write_uncertain_band(output_dir)  # from predictions.csv: rule 6 on shifted validation
     if config.ood_gate:  # before the ONNX export, whose files carry the gate's features
         accelerator.print(gate_fit.summary(gate_fit.fit_folder(output_dir, splits, dataclasses.asdict(config),
                                                                config.batch_size, config.num_workers)))
@@ -183,7 +186,7 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
 def gradcam_shares(model, validation_images) -> dict:
     """{"validation": all films, "validation_NORMAL": ..., "validation_PNEUMONIA": ...}"""
     shares = gradcam_central_share(model, validation_images)
-    return {"validation" if key == "all" else f"validation_{key}": value for key, value in shares.items()}
+    return {"validation" if key == "all" else f"validation_{key}": value for key, value in shares.items()} | {"method": HEATMAP}
 
 
 def summary_line(name: str, found: dict) -> str:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import sys
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumonia.presets import POSITIVE_LABEL
 from train.checkpoints import RUN_CONTROL
 from train.config import TrainConfig, resolve
+from train.export.folder import read_predictions
 from train.metrics import THRESHOLD_RULES, binary_metrics, choose_threshold
 
 TEST_COLUMNS = {"precision": "precision", "recall": "recall", "specificity": "specificity", "f1": "F1",
@@ -43,11 +42,7 @@ def rethresholded(folder: Path, rule: str) -> dict:
     """The run's metrics.json with every split's numbers at the threshold ``rule`` picks on
     validation, from its predictions.csv (calibrated as trained). What-if, never a choice on test."""
     metrics = json.loads((folder / "metrics.json").read_text())
-    with (folder / "predictions.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    split = {name: (np.array([r["label"] == POSITIVE_LABEL for r in rows if r["split"] == name], dtype=int),
-                    np.array([float(r["p_pneumonia"]) for r in rows if r["split"] == name]))
-             for name in ("validation", "shifted_validation", "test")}
+    split = read_predictions(folder / "predictions.csv")
     chosen_on = ["validation", "shifted_validation"] if rule == "balanced" else ["validation"]
     threshold = choose_threshold(np.concatenate([split[n][0] for n in chosen_on]),
                                  np.concatenate([split[n][1] for n in chosen_on]), rule)

@@ -30,7 +30,7 @@ from train.data import XrayDataset, file_names, load_splits
 from train.predict import gradcam_central_share, p_positive, predict
 from train.export.folder import write_predictions
 from train.gate.fit import gate_features
-from train.metrics import binary_metrics
+from train.metrics import binary_metrics, selective_metrics
 
 OUTCOMES = ("answer", "caution", "refuse")
 _LABELS = {name.lower(): index for index, name in enumerate(LABEL_NAMES)} | {"0": 0, "1": 1}
@@ -158,6 +158,7 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
     p = p_positive(logits, classifier.temperature)
     found = {
         **binary_metrics(labels, p, classifier.threshold),
+        **selective_metrics(labels, p, classifier.threshold, classifier.uncertain_band),  # the "uncertain" outcome
         "skipped_unreadable": len(skipped),
         "threshold": classifier.threshold,
         "gradcam_central_share": gradcam_central_share(accelerator.unwrap_model(model), images),  # all, and per label
@@ -217,7 +218,8 @@ def count_outcomes(classifier: pneumonia.Classifier, rows: datasets.Dataset, nam
 def report(name: str, found: dict) -> str:
     return (f"{name}: {found['n']} films at threshold {found['threshold']:.3f}: ROC-AUC {found['roc_auc']:.3f}  "
             f"accuracy {found['accuracy']:.3f}  sensitivity {found['recall']:.3f}  specificity {found['specificity']:.3f}  "
-            f"F1 {found['f1']:.3f}  ECE {found['ece']:.3f}")
+            f"F1 {found['f1']:.3f}  ECE {found['ece']:.3f}; answered {found['coverage']:.1%} (the rest uncertain), "
+            f"accuracy among them {found['answered_accuracy']:.3f}")
 
 
 def _card_folder(model: str) -> Path:

@@ -18,8 +18,8 @@ from pneumonia.pixels import data_config_from  # noqa: E402
 from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
 from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
-from train.export.folder import LICENSE  # noqa: E402
-from train.metrics import THRESHOLD_RULES  # noqa: E402
+from train.export.folder import LICENSE, read_predictions  # noqa: E402
+from train.metrics import ANSWERED_ACCURACY_TARGET, THRESHOLD_RULES, risk_coverage, selective_metrics  # noqa: E402
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
 CARD_METRICS = {"f1": "F1", "precision": "Precision", "recall": "Recall (sensitivity)", "specificity": "Specificity",
@@ -64,6 +64,8 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         augment=config.get("augment", "original"),
         label_smoothing=config.get("label_smoothing", 0.0),
         gradcam_share=metrics.get("gradcam_central_share", {}).get("validation"),
+        heatmap=metrics.get("gradcam_central_share", {}).get("method", "Grad-CAM of the last feature map"),
+        uncertain_band=model_config.get("uncertain_band", 0.0),
         onnx=metrics.get("onnx"),
         ood=metrics.get("ood"),
         ood_config=model_config.get("ood"),
@@ -110,6 +112,9 @@ def write_card(folder: Path, repo_id: str | None = None, space_id: str | None = 
     metrics = json.loads((folder / "metrics.json").read_text())
     plot_confusion_matrix(metrics["test"]["confusion_matrix"], folder / "confusion_matrix.png")
     plot_roc(folder / "predictions.csv", folder / "roc_curve.png")
+    band = json.loads((folder / "config.json").read_text()).get("uncertain_band")
+    if band is not None:
+        plot_risk_coverage(read_predictions(folder / "predictions.csv"), metrics["threshold"], band, folder / "risk_coverage.png")
     render_card(folder, repo_id, space_id, dataset_id).save(folder / "README.md")
 
 
@@ -139,6 +144,22 @@ def plot_roc(predictions: Path, path: Path, splits: tuple[str, ...] = tuple(SPLI
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC (PNEUMONIA positive)")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_risk_coverage(predictions: dict, threshold: float, band: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(4.4, 3.6))
+    for split, (labels, p) in predictions.items():
+        coverage, accuracy = risk_coverage(labels, p, threshold)
+        line, = ax.plot(coverage, accuracy, label=SPLIT_TITLES.get(split, split))
+        at = selective_metrics(labels, p, threshold, band)
+        ax.plot([at["coverage"]], [at["answered_accuracy"]], "o", color=line.get_color())
+    ax.axhline(ANSWERED_ACCURACY_TARGET, color="grey", linestyle=":")
+    ax.set(xlabel="coverage (share of films answered)", ylabel="accuracy among answered films",
+           title=f"Risk-coverage; dots: band ±{band:.3f}", ylim=(0.8, 1.001))
+    ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -73,3 +73,13 @@ def write_predictions(path: Path, rows: dict[str, tuple[list[str], np.ndarray, n
         for split, (files, labels, p_positive) in rows.items():
             for name, label, p in zip(files, labels, p_positive):
                 out.writerow([split, name, LABEL_NAMES[int(label)], f"{p:.6f}"])
+
+
+def read_predictions(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """predictions.csv -> {split: (labels as 0/1, calibrated P(PNEUMONIA))}, in the file's order."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    splits = dict.fromkeys(row["split"] for row in rows)
+    return {split: (np.array([r["label"] == POSITIVE_LABEL for r in rows if r["split"] == split], dtype=int),
+                    np.array([float(r["p_pneumonia"]) for r in rows if r["split"] == split]))
+            for split in splits}

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         training = saved_training_config(args.folder)
-        splits = load_splits(args.dataset or training["dataset"], training["val_fraction"], training["seed"])
+        splits = load_splits(args.dataset or training["dataset"], training["val_fraction"], training.get("split_seed", training["seed"]))
         found = export_from_splits(args.folder, splits, training["seed"], num_workers=args.num_workers,
                                    calibration_images=args.calibration_images)
     except UsageError as err:

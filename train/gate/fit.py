@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         training = saved_training_config(args.folder)
-        splits = data.load_data(args.dataset or training["dataset"], training["val_fraction"], training["seed"],
+        splits = data.load_data(args.dataset or training["dataset"], training["val_fraction"], training.get("split_seed", training["seed"]),
                                 training.get("max_train_samples"), training.get("max_eval_samples"))  # as trained
         if args.compare is not None:
             grid = {head: COMPARE_GRID[head] for head in args.compare or COMPARE_GRID}

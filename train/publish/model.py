@@ -20,7 +20,8 @@ MODEL_FILES = [
     "README.md", "config.json", "model.safetensors", "metrics.json", "training_config.json",
     "predictions.csv", "train_log.jsonl", "confusion_matrix.png", "roc_curve.png", *CODE_FILES,
 ]
-OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE, INT8_GATE_FILE]  # pushed when `train.export.onnx` / `train.gate.fit` wrote them
+# pushed when `train.export.onnx` / `train.gate.fit` wrote them, and the plot of the uncertain band
+OPTIONAL_FILES = [*ONNX_FILES.values(), GATE_FILE, INT8_GATE_FILE, "risk_coverage.png"]
 _NEEDED_TO_RENDER = ["config.json", "model.safetensors", "metrics.json", "training_config.json", "predictions.csv"]
 
 

@@ -126,6 +126,11 @@ def saved_training_config(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def split_seed_of(training: dict) -> int:
+    """The seed of a saved run's train/validation split (runs from before --split-seed split by --seed)."""
+    return training.get("split_seed", training["seed"])
+
+
 def save_config(config: TrainConfig, path: Path) -> None:
     path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import ImageOps
 from sklearn.metrics import roc_auc_score
 
+from train.config import split_seed_of
 from train.export.folder import read_predictions
 from train.metrics import choose_uncertain_band, selective_metrics
 
@@ -101,7 +102,7 @@ def validation_films(folder: Path) -> dict[str, list]:
     from train.shift import shifted_film
 
     training = json.loads((folder / "training_config.json").read_text())
-    rows = load_splits(training["dataset"], training["val_fraction"], training.get("split_seed", training["seed"]))["validation"]
+    rows = load_splits(training["dataset"], training["val_fraction"], split_seed_of(training))["validation"]
     clean = [open_image(rows[i]["image"]) for i in range(len(rows))]
     names = [Path(rows[i]["image"]["path"]).name for i in range(len(rows))]
     return {"validation": clean,

@@ -23,6 +23,7 @@ import pneumonia
 from pneumonia.gradcam import central_share, grad_cam, overlay
 from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL
 from pneumonia.preprocessing import open_image
+from train.config import split_seed_of
 from train.data import load_splits
 
 
@@ -71,7 +72,7 @@ SHEET = ("Grad-CAM, last stage (the app until now)", APP_METHOD, "HiResCAM, stag
 
 def validation_films(folder: str, limit: int) -> tuple[list, np.ndarray]:
     training = json.loads((Path(folder) / "training_config.json").read_text())
-    splits = load_splits(training["dataset"], training["val_fraction"], training.get("split_seed", training["seed"]))
+    splits = load_splits(training["dataset"], training["val_fraction"], split_seed_of(training))
     rows = splits["validation"]
     picked = np.linspace(0, len(rows) - 1, num=min(limit, len(rows))).round().astype(int)
     return [open_image(rows[int(i)]["image"]) for i in picked], np.array([rows[int(i)]["label"] for i in picked])

@@ -29,7 +29,7 @@ from pneumonia.modeling import calibrated_probabilities
 from pneumonia.ood import INT8_GATE_FILE, OodGate
 from pneumonia.torch_model import WithGateFeatures, gate_layers
 from pneumonia.presets import UsageError
-from train.config import saved_training_config
+from train.config import saved_training_config, split_seed_of
 from train.data import XrayDataset, load_splits, subsample
 from train.gate.fit import collect_features, fit_gate
 from train.gate.scope import load_scope
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         training = saved_training_config(args.folder)
-        splits = load_splits(args.dataset or training["dataset"], training["val_fraction"], training.get("split_seed", training["seed"]))
+        splits = load_splits(args.dataset or training["dataset"], training["val_fraction"], split_seed_of(training))
         found = export_from_splits(args.folder, splits, training["seed"], num_workers=args.num_workers,
                                    calibration_images=args.calibration_images)
     except UsageError as err:

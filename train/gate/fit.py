@@ -34,7 +34,7 @@ from pneumonia.preprocessing import XrayPreprocessing
 from pneumonia.presets import UsageError
 from train import data
 from train.gate import scope
-from train.config import saved_training_config
+from train.config import saved_training_config, split_seed_of
 from train.gate.probes import probe_images
 
 SPLITS = ("train", "validation", "shifted_validation", "test")
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         training = saved_training_config(args.folder)
-        splits = data.load_data(args.dataset or training["dataset"], training["val_fraction"], training.get("split_seed", training["seed"]),
+        splits = data.load_data(args.dataset or training["dataset"], training["val_fraction"], split_seed_of(training),
                                 training.get("max_train_samples"), training.get("max_eval_samples"))  # as trained
         if args.compare is not None:
             grid = {head: COMPARE_GRID[head] for head in args.compare or COMPARE_GRID}

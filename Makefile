@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-browser demo test test-fast bench clean
+.PHONY: setup setup-browser setup-node web demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -13,22 +13,39 @@ setup-browser:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
+# The private mode's page loads ONNX Runtime Web from web/vendor/ (else from a pinned CDN URL):
+# npm installs the versions web/package-lock.json pins, and the three files the page needs are copied.
+setup-node:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; }
+
+WEB_VENDOR := web/vendor/.built
+web: $(WEB_VENDOR)
+
+$(WEB_VENDOR): web/package.json web/package-lock.json | setup-node
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p web/vendor
+	cp web/node_modules/onnxruntime-web/dist/ort.wasm.bundle.min.mjs \
+	   web/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm \
+	   web/node_modules/dicom-parser/dist/dicomParser.min.js web/vendor/
+	touch $@
+
 $(STAMP): requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
-demo: setup
+demo: setup web
 	$(PY) app.py
 
-test: setup setup-browser
+test: setup setup-browser web
 	$(PY) -m pytest
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
-bench: setup
+bench: setup setup-browser web
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/inference_latency.py
 	$(PY) benchmarks/app_latency.py
@@ -36,6 +53,7 @@ bench: setup
 	$(PY) benchmarks/gate_cost.py
 	$(PY) benchmarks/cold_start.py
 	$(PY) benchmarks/parity_anywhere.py
+	$(PY) benchmarks/private_mode.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache web/node_modules web/vendor

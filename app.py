@@ -17,9 +17,8 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from pneumonia import POSITIVE_LABEL, Reading, UsageError, load_classifier, open_image, to_model_mode
+from pneumonia import Reading, UsageError, load_classifier, open_image, private_mode, to_model_mode, words
 from pneumonia.backends import BACKENDS
-from pneumonia.ood import UPLOAD_INSTEAD
 from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage, is_dicom
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-resnet18-half"
@@ -141,66 +140,22 @@ def predict(image_path: str | None) -> dict[str, float]:
     with _answering():
         (reading,) = classifier.read([image])
     if reading.refused:
-        raise gr.Error(refusal(reading))
+        raise gr.Error(words.refusal(reading.kind))
     return reading.probabilities
 
 
 REFUSED = "not assessed"  # the label of a refused upload: no probabilities, no bars
 
 
-def refusal(reading: Reading) -> str:
-    return f"This upload is not assessed: {reading.reason}. No diagnosis is given; {UPLOAD_INSTEAD}."
-
-
-def caution() -> str:
-    """Why an adult's film is answered only with a caution, with what was measured on such films."""
-    adults = classifier.metrics.get("ood", {}).get("adult_films")
-    measured = (f" Of {adults['films']} healthy adults' films from another source, it called "
-                f"{adults['called_pneumonia']:.0%} PNEUMONIA." if adults else "")
-    return ("Caution: this looks like an adult's chest film. The model learned from children aged 1 to 5 "
-            f"and is not made for adults.{measured}")
-
-
 def decision(reading: Reading) -> str:
     """The outcome in words, headed by the decision (### NORMAL, ### PNEUMONIA, ### UNCERTAIN or
-    ### NOT ASSESSED)."""
-    if reading.refused:
-        return f"### NOT ASSESSED\n{refusal(reading)}"
-    p = reading.probabilities[POSITIVE_LABEL]
-    warning = f"> **{caution()}**\n\n" if reading.adult else ""
-    if reading.uncertain:
-        return f"### UNCERTAIN\n{warning}{uncertainty(p)}"
-    verdict = classifier.decide(reading.probabilities)
-    side = "at or above" if verdict == POSITIVE_LABEL else "below"
-    return (f"### {verdict}\n{warning}P(PNEUMONIA) = {p:.3f} is {side} the model's operating "
-            f"threshold {classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the "
-            "longer bar.")
-
-
-def uncertainty(p: float) -> str:
-    """Why no decision is given, with what the band costs and buys on validation."""
-    low, high = classifier.threshold - classifier.uncertain_band, classifier.threshold + classifier.uncertain_band
-    shifted = classifier.metrics.get("shifted_validation", {})
-    measured = (f" Outside this band the model was right on {shifted['answered_accuracy']:.1%} of the shifted "
-                f"validation films and answered {shifted['coverage']:.0%} of them." if "coverage" in shifted else "")
-    return (f"Uncertain: needs a radiologist's read. P(PNEUMONIA) = {p:.3f} lies in the band {low:.3f} to "
-            f"{high:.3f} around the operating threshold {classifier.threshold:.3f}, where the model is too often "
-            f"wrong to give a decision.{measured}")
+    ### NOT ASSESSED): ``pneumonia.words``, which the private mode's page shares."""
+    return words.decision(classifier, reading)
 
 
 def outcome(reading: Reading) -> dict:
     """/predict's third output, for API callers: the outcome without parsing prose, and the scores."""
-    assessed = not reading.refused
-    p = reading.probabilities[POSITIVE_LABEL] if assessed else None
-    reasons = [reading.reason if reading.refused else None, uncertainty(p) if reading.uncertain else None,
-               caution() if reading.adult else None]
-    return {"outcome": reading.outcome, "kind": reading.kind,
-            "reason": " ".join(r for r in reasons if r) or None,
-            "decision": classifier.decide(reading.probabilities) if assessed and not reading.uncertain else None,
-            "p_pneumonia": p, "threshold": classifier.threshold,
-            "uncertain_band": [classifier.threshold - classifier.uncertain_band,
-                               classifier.threshold + classifier.uncertain_band] if classifier.uncertain_band else None,
-            "scores": reading.scores}
+    return words.outcome(classifier, reading)
 
 
 def bars(reading: Reading) -> dict[str, float] | str:
@@ -289,22 +244,26 @@ def heat_map_batch(image: list[str | None]) -> tuple[list]:
 
 with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     gr.Markdown(f"# Pneumonia on pediatric chest X-rays\n{model_summary()}\n\n**{DISCLAIMER}**")
-    with gr.Row():
-        with gr.Column(scale=1):
-            # A file, not gr.Image: gr.Image would decode (and reject DICOM) before predict sees it.
-            upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=["image", ".dcm"], type="filepath")
-            example_files = examples()
-            if example_files:
-                gr.Examples(example_files, inputs=upload, label="Examples: test films of the Kermany data set (CC BY 4.0)")
-        with gr.Column(scale=2):
-            # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
-            verdict = gr.Markdown(label="Decision at the model's operating threshold", elem_id="verdict")
-            probability_bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
-            reading = gr.JSON(visible=False)  # for API callers: outcome, reason, scores
-            with gr.Row():
-                film = gr.Image(label=film_caption(None), type="pil", elem_id="film")
-                heatmap = gr.Image(label="Heat map (LayerCAM): regions that raised the PNEUMONIA score", type="pil",
-                                   elem_id="heatmap")
+    with gr.Tab("Upload (server)"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                # A file, not gr.Image: gr.Image would decode (and reject DICOM) before predict sees it.
+                upload = gr.File(label="Chest X-ray (PNG, JPEG or DICOM)", file_types=["image", ".dcm"], type="filepath")
+                example_files = examples()
+                if example_files:
+                    gr.Examples(example_files, inputs=upload, label="Examples: test films of the Kermany data set (CC BY 4.0)")
+            with gr.Column(scale=2):
+                # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
+                verdict = gr.Markdown(label="Decision at the model's operating threshold", elem_id="verdict")
+                probability_bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
+                reading = gr.JSON(visible=False)  # for API callers: outcome, reason, scores
+                with gr.Row():
+                    film = gr.Image(label=film_caption(None), type="pil", elem_id="film")
+                    heatmap = gr.Image(label="Heat map (LayerCAM): regions that raised the PNEUMONIA score", type="pil",
+                                       elem_id="heatmap")
+    with gr.Tab("Private (in your browser)"):
+        # The page runs the int8 model in the visitor's browser: the film never leaves it (web/, docs/private-mode.md).
+        gr.HTML(private_mode.frame(classifier))
     # The film shows at once; a file it cannot show gets its message from /predict's check.
     upload.change(show_film, inputs=upload, outputs=film, api_name="film", api_visibility="undocumented")
     # The answer first; the heat map (PyTorch, forward and backward) follows and never holds
@@ -319,4 +278,5 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
     log.setLevel(logging.INFO)
-    demo.launch(show_error=True, max_file_size=MAX_UPLOAD)  # gr.Error messages reach API callers too
+    demo.launch(show_error=True, max_file_size=MAX_UPLOAD,  # gr.Error messages reach API callers too
+                app_kwargs={"routes": private_mode.routes(classifier)})

@@ -285,6 +285,28 @@ def app_url(live_app):
     return live_app[1]
 
 
+# Headless on a server: no sandbox (CI runs as root), no GPU, and nothing that phones home.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--no-first-run", "--metrics-recording-only",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium (``make setup-browser``), driven by Playwright, for the page tests."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if not chromium:
+        pytest.fail("no Chromium found: run `make setup-browser` (installs Debian's chromium) or set CHROMIUM=/path")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 def lay_into_hub_cache(cache: Path, repo_id: str, folder: Path, names) -> None:
     """Files of ``folder`` laid out as ``huggingface_hub`` caches a download of ``repo_id``, so that
     ``hf-hub:`` loading works offline (HF_HUB_OFFLINE=1) on exactly these files."""

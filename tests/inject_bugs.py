@@ -47,17 +47,27 @@ BUGS = {
                           "uncertain_band=0.0", "a film too close to the threshold to call gets a decision anyway"),
     "coarse-heat-map": ("pneumonia/gradcam.py", 'METHOD = "layercam"', 'METHOD = "gradcam"',
                         "the heat map is Grad-CAM again, one coarse blob per film"),
+    "browser-bicubic": ("web/js/pixels.js", "const a = -0.5;", "const a = -0.75;",
+                        "the private mode resizes with another cubic (as a canvas might) and its answers drift"),
+    "browser-no-band": ("web/js/reading.js", "this.band > 0 && Math.abs", "false && Math.abs",
+                        "the private mode gives a decision where the server says uncertain"),
+    "private-mode-uploads": ("web/js/main.js", "const film = await decodeFilm(file, model.dicomParser);",
+                             'const film = await decodeFilm(file, model.dicomParser); fetch("model/x", { method: "POST", body: file });',
+                             "the private mode sends the film to the server"),
     "ci-skips-quietly": ("tests/conftest.py", 'ON_CI = os.environ.get("CI", "")', 'ON_CI = False and os.environ.get("CI", "")',
                          "CI passes with the data folder missing"),
 }
 TIERS = {"fast": ["-m", "not slow"], "slow": ["-m", "slow"], "all": []}
-COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".pytest_cache", "__pycache__", "runs", "test-artifacts", "checkpoints")
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", ".pytest_cache", "__pycache__", "runs", "test-artifacts", "checkpoints",
+                                     "node_modules")
 
 
 def copy_with_bug(name: str, target: Path) -> Path:
     """The checkout as it is on disk (uncommitted changes included), with one bug in it."""
     shutil.copytree(ROOT, target, ignore=COPY_IGNORE, symlinks=True)
     (target / ".venv").symlink_to(ROOT / ".venv")
+    if (ROOT / "web" / "node_modules").is_dir():  # `make web`'s npm install (150 MB)
+        (target / "web" / "node_modules").symlink_to(ROOT / "web" / "node_modules")
     (target.parent / "shared").symlink_to(ROOT.parent / "shared")  # ../shared beside the copy, as beside this checkout
     file, text, replacement, _ = BUGS[name]
     source = (target / file).read_text()

@@ -2,36 +2,21 @@
 driven by Playwright, uploads an X-ray, waits for the bars and saves a screenshot."""
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-from playwright.sync_api import sync_playwright
 
 import pneumonia
 from tests.conftest import BUNDLED_MODEL, ROOT
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = ROOT / "test-artifacts"
-# Headless on a server: no sandbox (CI runs as root), no GPU, and nothing that phones home.
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--no-first-run", "--metrics-recording-only",
-]
 
 
 @pytest.fixture(scope="module")
-def page():
-    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
-    if not chromium:
-        pytest.fail("no Chromium found: run `make setup-browser` (installs Debian's chromium) or set CHROMIUM=/path")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.set_default_timeout(90_000)
-        yield page
-        browser.close()
+def page(browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    page.set_default_timeout(90_000)
+    yield page
+    page.close()
 
 
 def _served_p(image) -> float:

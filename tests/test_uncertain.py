@@ -88,3 +88,23 @@ def test_the_bundled_band_follows_rule_6_from_its_predictions():
     assert config["uncertain_band"] == choose_uncertain_band(labels, p, config["threshold"]) > 0
     assert metrics["shifted_validation"]["answered_accuracy"] >= 0.97
     assert pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").uncertain_band == config["uncertain_band"]
+
+
+def test_the_private_modes_word_templates_give_the_pages_words_for_every_outcome(bundled_app):
+    """The browser fills words.json's templates with P; each must be the page's text for that reading."""
+    from pneumonia import words
+    from pneumonia.ood import REASONS
+
+    classifier = bundled_app.classifier
+    templates = words.browser_templates(classifier)
+    t, w = classifier.threshold, classifier.uncertain_band
+    for p in (0.02, t - w - 0.01, t - w / 2, t, t + w / 2, t + w + 0.01, 0.98):
+        for verdict in (Verdict(), Verdict("caution", "adult")):
+            reading = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, verdict)
+            adult = "_adult" if reading.adult else ""
+            template = (templates[f"uncertain{adult}"] if reading.uncertain
+                        else templates[f"answer{adult}"][classifier.decide(reading.probabilities)])
+            assert template.replace(templates["p_slot"], f"{p:.3f}") == bundled_app.decision(reading)
+    for kind in REASONS:
+        reading = classifier._reading({"NORMAL": 0.5, "PNEUMONIA": 0.5}, Verdict("refuse", kind))
+        assert templates["refuse"][kind] == bundled_app.decision(reading)

@@ -138,10 +138,11 @@ def dicom_bytes(stored: np.ndarray, photometric: str = "MONOCHROME2", bits_store
     dataset.Modality = "CR"
     dataset.Rows, dataset.Columns = stored.shape
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    allocated = 8 if bits_stored <= 8 else 16
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = allocated, bits_stored, bits_stored - 1, 0
     for key, value in attributes.items():
         setattr(dataset, key, value)
-    dataset.PixelData = stored.astype(np.uint16).tobytes()
+    dataset.PixelData = stored.astype(np.uint8 if allocated == 8 else np.uint16).tobytes()  # signed: two's complement
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -1,0 +1,66 @@
+"""The app's private mode, server side: it only serves files. The page (``web/``) runs the int8 ONNX
+model, the gate and the outcome rules in the visitor's browser, so a film never reaches the server.
+
+``routes(classifier)`` serves the page at ``/private/`` and, at ``/private/model/``, the only files
+it reads: the folder's ``config.json``, its int8 ONNX model, the int8 model's gate file and the
+outcome words (``words.json``, from ``pneumonia.words.browser_templates``). See docs/private-mode.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pneumonia import words
+from pneumonia.modeling import Classifier, _file
+from pneumonia.ood import GATE_FILE
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+MODEL_FILE = "model.int8.onnx"
+
+
+def available(classifier: Classifier) -> bool:
+    """The private mode runs what the server's int8 backend runs; a folder without it has no private mode."""
+    return classifier.backend == "onnx-int8"
+
+
+def frame(classifier: Classifier) -> str:
+    """The tab's content: the page in an iframe (relative, so it works under a proxy's root path)."""
+    if not available(classifier):
+        return ("<p>The private mode needs the model folder's int8 ONNX file (<code>model.int8.onnx</code>) and the "
+                "app's int8 backend: export it with <code>python -m train.export FOLDER</code> and run the app with "
+                "<code>PNEUMONIA_BACKEND=auto</code>.</p>")
+    return ('<iframe src="private/" title="Private mode: the film is classified in your browser" '
+            'style="width: 100%; height: 1000px; border: 0"></iframe>')
+
+
+def gate_file(config: dict) -> str | None:
+    """The int8 model's gate file, as ``pneumonia.modeling._gate`` picks it; None without a gate."""
+    if "ood" not in config:
+        return None
+    return config["ood"].get("backends", {}).get("onnx-int8", config["ood"]).get("file", GATE_FILE)
+
+
+def routes(classifier: Classifier) -> list:
+    """Starlette routes for ``demo.launch(app_kwargs={"routes": ...})``; none without the int8 model."""
+    from starlette.applications import Starlette
+    from starlette.middleware.gzip import GZipMiddleware
+    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
+    from starlette.routing import Mount, Route
+    from starlette.staticfiles import StaticFiles
+
+    if not available(classifier):
+        return []
+    names = ["config.json", MODEL_FILE] + ([gate_file(classifier.config)] if "ood" in classifier.config else [])
+    served = {name: _file(classifier.source, name) for name in names}
+    templates = words.browser_templates(classifier)
+
+    async def model_file(request):
+        name = request.path_params["name"]
+        if name == "words.json":
+            return JSONResponse(templates)
+        if served.get(name) is None:
+            return PlainTextResponse(f"{name} is not a file the private mode serves", status_code=404)
+        return FileResponse(served[name])
+
+    page = Starlette(routes=[Route("/model/{name}", model_file), Mount("/", StaticFiles(directory=WEB, html=True))])
+    # gzip level 6: the runtime's wasm goes from 14.8 to 3.8 MB, in about half the time level 9 takes
+    return [Mount("/private", app=GZipMiddleware(page, compresslevel=6), name="private")]

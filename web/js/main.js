@@ -3,7 +3,7 @@
 // before the first film (tests/test_private_mode.py records every request to prove it).
 
 import { Gate, imageVerdict, readSafetensors } from "./gate.js";
-import { greyFromRGBA, modelInput } from "./pixels.js";
+import { modelInput } from "./pixels.js";
 import { Reader } from "./reading.js";
 import { loadDicomParser, loadOnnxRuntime } from "./runtime.js";
 import { decodeFilm, UnreadableFilm } from "./decode.js";

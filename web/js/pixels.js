@@ -197,13 +197,12 @@ export function resizeForModel(plane, dataConfig) {
 function centreCrop(plane, height, width) {
   if (plane.width === width && plane.height === height) return plane;
   if (width > plane.width || height > plane.height) throw new Error(`${plane.width}x${plane.height} px is smaller than the ${width}x${height} crop`);
-  const top = pyRound((plane.height - height) / 2.0), left = pyRound((plane.width - width) / 2.0);
+  const top = roundHalfEven((plane.height - height) / 2.0), left = roundHalfEven((plane.width - width) / 2.0);  // Python's round()
   const data = new Uint8Array(width * height);
   for (let y = 0; y < height; y++) data.set(plane.data.subarray((top + y) * plane.width + left, (top + y) * plane.width + left + width), y * width);
   return { width, height, data };
 }
 
-function pyRound(x) { return roundHalfEven(x); }  // Python's round() of a float
 
 // --- intensity standardisation ----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -201,21 +202,31 @@ def expected_verdict(p_pneumonia: float, threshold: float) -> str:
     return "PNEUMONIA" if p_pneumonia >= threshold else "NORMAL"
 
 
-def clear_films(folder: Path, split: str = "test", margin: float = 0.1) -> list[dict]:
-    """Recorded films whose P(PNEUMONIA) lies at least ``margin`` from the edges of the folder's
-    uncertain band (threshold ± band), each with the verdict it must get ("expected"): its side of
-    the threshold outside the band, "UNCERTAIN" inside. The margin is twice the largest int8 drift
-    (0.051 on the earlier bundled model's 624 test films), so every backend must agree."""
+def clear_films(folder: Path, split: str = "test", margin: float = 0.7) -> list[dict]:
+    """Recorded films whose P(PNEUMONIA) lies at least ``margin`` in log-odds from the edges of the
+    folder's uncertain band (threshold ± band), each with the verdict it must get ("expected"): its
+    side of the threshold outside the band, "UNCERTAIN" inside. The margin is twice the largest
+    int8 drift, so every backend must agree: 0.345 in log-odds on the bundled model's 624 test
+    films. In log-odds, not in P, because the band's upper edge sits near 1 (0.982), where int8
+    moves P by little but the log-odds as much as anywhere."""
     config = json.loads((folder / "config.json").read_text())
     threshold, band = config["threshold"], config.get("uncertain_band", 0.0)
+    lower, upper = _log_odds(threshold - band), _log_odds(threshold + band)
     found = []
     for row in recorded_predictions(folder, split):
-        distance = abs(row["p_pneumonia"] - threshold)
-        if distance >= band + margin:
+        x = _log_odds(row["p_pneumonia"])
+        if x <= lower - margin or x >= upper + margin:
             found.append({**row, "expected": expected_verdict(row["p_pneumonia"], threshold)})
-        elif distance <= band - margin:
+        elif lower + margin <= x <= upper - margin:
             found.append({**row, "expected": "UNCERTAIN"})
     return found
+
+
+def _log_odds(p: float) -> float:
+    """log(p / (1 - p)), with P clipped to [1e-6, 1 - 1e-6] (about ±13.8): a band edge beyond 0 or 1,
+    or a recorded P of 0 or 1 (the CSV's 6 decimals), stays finite."""
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p) - math.log1p(-p)
 
 
 def import_app(model_dir: Path):

@@ -26,7 +26,7 @@ def _p_pneumonia(label: dict) -> float:
 
 
 def test_real_xrays_and_dicom_through_the_api(server, film, write_dicom, tmp_path):
-    image = film("PNEUMONIA")  # recorded P(PNEUMONIA) 0.968 on PyTorch
+    image = film("PNEUMONIA", 3)  # recorded P(PNEUMONIA) 0.999 on PyTorch, above the band
     label, decision, _ = server.predict(handle_file(str(image)), api_name="/predict")
     # served by the bundled int8 ONNX model: what it gives in-process (measured: equal)
     int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").predict(pneumonia.open_image(image))
@@ -46,7 +46,7 @@ def test_the_verdict_over_http_is_the_side_of_the_threshold_the_film_falls_on(se
     for row in picked:
         label, decision, _ = server.predict(handle_file(str(data_dir / "test" / row["label"] / row["file"])), api_name="/predict")
         assert decision.startswith(f"### {row['expected']}\n"), (row, decision)
-        assert abs(_p_pneumonia(label) - row["p_pneumonia"]) <= 0.06  # int8 vs PyTorch: at most 0.051 on the 624 test films
+        assert abs(_p_pneumonia(label) - row["p_pneumonia"]) <= 0.05  # int8 vs PyTorch: at most 0.032 on the 624 test films
 
 
 def _bad_files(tmp_path, good):
@@ -61,7 +61,7 @@ def _bad_files(tmp_path, good):
 
 def test_a_child_an_adult_a_side_view_and_a_ct_get_their_outcomes_through_the_api(server, live_app, film, scope_set):
     """The outcome travels as JSON (the third output), so callers need not parse the prose."""
-    uploads = {"answer": str(film("PNEUMONIA")), **{kind: next(str(p) for p in scope_set.files if p.parent.name == folder)
+    uploads = {"answer": str(film("PNEUMONIA", 3)), **{kind: next(str(p) for p in scope_set.files if p.parent.name == folder)
                                                  for kind, folder in (("caution", "adult_frontal"), ("lateral", "lateral"),
                                                                       ("ct", "ct"))}}
     for expected, path in uploads.items():
@@ -107,7 +107,7 @@ def test_what_is_not_a_chest_xray_is_refused_through_the_api(server, film, tmp_p
         assert label["label"] == "not assessed" and not label.get("confidences"), (name, label)
         assert decision.startswith("### NOT ASSESSED\nThis upload is not assessed: ")
         assert server.predict(handle_file(str(tmp_path / name)), api_name="/heatmap") is None
-    good = film("NORMAL")  # recorded P(PNEUMONIA) 0.033
+    good = film("NORMAL")  # recorded P(PNEUMONIA) 0.008
     label, decision, _ = server.predict(handle_file(str(good)), api_name="/predict")  # a film still gets its answer
     assert {c["label"] for c in label["confidences"]} == {"NORMAL", "PNEUMONIA"} and decision.startswith("### NORMAL\n")
 

@@ -15,8 +15,9 @@ from train.export.onnx import PARITY_BAR
 from train.metrics import binary_metrics
 
 # The test films the bundled gate (PyTorch) refused when `python -m train.gate` fitted it.
-REFUSED_TEST_FILMS = {"person109_bacteria_512.jpeg", "person111_bacteria_534.jpeg", "person136_bacteria_654.jpeg",
-                      "person161_bacteria_762.jpeg", "person91_bacteria_445.jpeg"}
+REFUSED_TEST_FILMS = {"NORMAL2-IM-0141-0001.jpeg", "person111_bacteria_534.jpeg", "person120_bacteria_571.jpeg",
+                      "person122_bacteria_581.jpeg", "person1610_virus_2793.jpeg", "person161_bacteria_762.jpeg",
+                      "person78_bacteria_382.jpeg", "person80_bacteria_392.jpeg"}
 
 
 def _p(readings) -> np.ndarray:
@@ -38,7 +39,9 @@ def test_bundled_metrics_follow_from_its_predictions():
     for split in ("validation", "shifted_validation", "test"):
         rows = recorded_predictions(BUNDLED, split)
         labels = np.array([r["label"] == "PNEUMONIA" for r in rows], dtype=int)
-        recomputed = binary_metrics(labels, np.array([r["p_pneumonia"] for r in rows]), metrics["threshold"])
+        # the CSV keeps 6 decimals, and the threshold is itself one validation film's P, which rounding
+        # may put just below it (person435_virus_885.jpeg, shifted): compare at the CSV's precision
+        recomputed = binary_metrics(labels, np.array([r["p_pneumonia"] for r in rows]), round(metrics["threshold"], 6))
         assert recomputed["confusion_matrix"] == metrics[split]["confusion_matrix"]
         assert recomputed["roc_auc"] == pytest.approx(metrics[split]["roc_auc"], abs=1e-4)
     assert metrics["test"]["n"] == 624
@@ -51,7 +54,7 @@ def _heading(decision: str) -> str:
 def test_films_clearly_on_one_side_get_that_verdict_from_the_classifier_and_the_app(
         bundled, bundled_test_films, bundled_readings, bundled_app, data_dir):
     clear = clear_films(BUNDLED)
-    assert {row["expected"] for row in clear} == {"NORMAL", "PNEUMONIA", "UNCERTAIN"} and len(clear) >= 400  # 419 of 624
+    assert {row["expected"] for row in clear} == {"NORMAL", "PNEUMONIA", "UNCERTAIN"} and len(clear) >= 450  # 499 of 624
     reading_of = dict(zip((row["file"] for row in bundled_test_films[0]), bundled_readings["pytorch"]))
     for row in clear:
         reading = reading_of[row["file"]]
@@ -83,7 +86,7 @@ def test_the_gate_refuses_and_cautions_the_test_films_it_did_when_fitted(bundled
     readings = bundled_readings["pytorch"]
     refused = {name for name, reading in zip(names, readings) if reading.refused}
     assert refused == REFUSED_TEST_FILMS and len(refused) == recorded["refused"]
-    # 29 cautioned: "caution", or "uncertain" with the adult's caution (kind "adult") when in the band
+    # 21 cautioned: "caution", or "uncertain" with the adult's caution (kind "adult") when in the band
     assert sum(reading.adult and not reading.refused for reading in readings) == recorded["cautioned"]
 
 
@@ -96,9 +99,9 @@ def test_int8_is_kept_for_the_bundled_model_because_it_meets_the_bar_on_every_te
     threshold = json.loads((BUNDLED / "config.json").read_text())["threshold"]
     dp = np.abs(_p(pytorch) - _p(int8))
     assert np.mean((_p(pytorch) >= threshold) == (_p(int8) >= threshold)) >= PARITY_BAR["decision_agreement"]
-    assert dp.mean() <= PARITY_BAR["mean_abs_dp"]  # measured 0.0046 (max 0.051)
+    assert dp.mean() <= PARITY_BAR["mean_abs_dp"]  # measured 0.0025 (max 0.032)
     agreement = np.mean([a.outcome == b.outcome for a, b in zip(pytorch, int8)])
-    assert agreement >= PARITY_BAR["outcome_agreement"]  # measured 0.990 on the test films
+    assert agreement >= PARITY_BAR["outcome_agreement"]  # measured 0.989 on the test films
 
 
 def test_the_heat_map_explains_pneumonia_not_normal(bundled, bundled_app, film):

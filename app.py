@@ -53,6 +53,16 @@ def _max_batch_size() -> int:
 
 MAX_BATCH_SIZE = _max_batch_size()
 
+# Gradio keeps each caller's session (a copy of this page's config, about 45 KB) until 10,000 are
+# kept, and re-summarises its log of up to 10,000 events with pandas after every event, for the
+# API page's figures. Every HTTP API call is a new session: after 3000 calls the server held
+# 131 MiB more and answered 1.3x slower (BENCHMARKS.md). No state lives in a session here (no
+# gr.State), so a dropped one costs nothing. A deployer's own GRADIO_ANALYTICS_* settings win;
+# they must be set before gr.Blocks creates its queue.
+SESSIONS_KEPT = 500
+os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
+
 # A 43 x 43 cm detector's film (4300 x 4300 px) is about 37 MB as 16-bit DICOM; Gradio refuses larger uploads
 # with a message naming the limit, before they reach the disk.
 MAX_UPLOAD = "100mb"
@@ -275,8 +285,15 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     answered.success(heat_map_batch, inputs=upload, outputs=heatmap, api_name="heatmap", **batched)
     demo.queue(max_size=64)
 
+
+def launch(**options) -> None:
+    """Serves the page, the API and the private mode's files; ``options`` go to ``demo.launch``."""
+    demo.launch(show_error=True, max_file_size=MAX_UPLOAD,  # gr.Error messages reach API callers too
+                state_session_capacity=SESSIONS_KEPT, app_kwargs={"routes": private_mode.routes(classifier)},
+                **options)
+
+
 if __name__ == "__main__":
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.WARNING)
     log.setLevel(logging.INFO)
-    demo.launch(show_error=True, max_file_size=MAX_UPLOAD,  # gr.Error messages reach API callers too
-                app_kwargs={"routes": private_mode.routes(classifier)})
+    launch()

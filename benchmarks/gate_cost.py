@@ -2,10 +2,13 @@
 checkout against a baseline revision, both served at once and called in alternating rounds
 (the machine is shared and noisy, so only the ratio measured in one run is reported).
 
-    python benchmarks/gate_cost.py [--baseline HEAD] [--rounds 6] [--requests 20]
+    python benchmarks/gate_cost.py [--baseline HEAD] [--rounds 6] [--requests 20] [--served 0]
 
 The baseline is checked out into a temporary git worktree beside this one (it shares this
 checkout's .venv); both apps serve the model folder each checkout bundles, on its default backend.
+``--served N`` first sends each app N calls, as a Space that has been up a while has answered
+(each HTTP API call is a new Gradio session); the server's resident memory (VmRSS) is read after
+the warm-up call and at the end.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.app_latency import http_answer  # noqa: E402
+from benchmarks.load_test import rss_mib  # noqa: E402
 from benchmarks.train_throughput import DATA, machine  # noqa: E402
 from tests.live_app import start_app, stop_app  # noqa: E402
 
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare with (its committed tree)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--requests", type=int, default=20, help="requests per app per round")
+    parser.add_argument("--served", type=int, default=0, help="calls each app answers before the measured rounds")
     args = parser.parse_args()
     images = sorted((DATA / "test" / "PNEUMONIA").iterdir())[:args.requests]
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,21 +52,29 @@ def main() -> None:
             with httpx.Client(timeout=120) as http:
                 for name, (_, url) in apps.items():
                     http_answer(http, url, images[0])  # warm-up
+                memory = {name: [rss_mib(process.pid)] for name, (process, _) in apps.items()}
+                for name, (_, url) in apps.items():
+                    for served in range(args.served):
+                        http_answer(http, url, images[served % len(images)])
                 for _ in range(args.rounds):
                     for name, (_, url) in apps.items():
                         seconds[name] += [http_answer(http, url, image) for image in images]
+                for name, (process, _) in apps.items():
+                    memory[name].append(rss_mib(process.pid))
         finally:
             for process, _ in apps.values():
                 stop_app(process)
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], capture_output=True)
     print(f"machine: {machine()}")
     print(f"command: python benchmarks/gate_cost.py --baseline {args.baseline} --rounds {args.rounds} "
-          f"--requests {args.requests}\n")
-    print("| app | requests | HTTP /predict p50 (ms) | p95 (ms) | p50 / baseline's |\n|---|---|---|---|---|")
+          f"--requests {args.requests} --served {args.served}\n")
+    print("| app | served before | requests | HTTP /predict p50 (ms) | p95 (ms) | p50 / baseline's "
+          "| RSS after warm-up (MiB) | RSS at end (MiB) |\n|---|---|---|---|---|---|---|---|")
     base = float(np.median(seconds["baseline"]))
     for name, found in seconds.items():
-        print(f"| {name} | {len(found)} | {1000 * np.median(found):.1f} | {1000 * np.percentile(found, 95):.1f} "
-              f"| {np.median(found) / base:.2f} |")
+        print(f"| {name} | {args.served} | {len(found)} | {1000 * np.median(found):.1f} "
+              f"| {1000 * np.percentile(found, 95):.1f} | {np.median(found) / base:.2f} "
+              f"| {memory[name][0]:.0f} | {memory[name][1]:.0f} |")
 
 
 if __name__ == "__main__":

@@ -214,3 +214,29 @@ def test_an_adults_film_gets_its_answer_under_a_caution_and_a_side_view_ct_or_mr
         assert bars[i] == bundled_app.REFUSED and heatmaps[i] is None
         assert outcomes[i]["outcome"] == "refuse" and outcomes[i]["kind"] == kind
         assert words[i].startswith(f"### NOT ASSESSED\nThis upload is not assessed: {pneumonia.ood.REASONS[kind]}")
+
+
+def test_a_long_running_server_keeps_a_bounded_number_of_sessions_and_events(bundled_app, film, monkeypatch):
+    """Gradio keeps every caller's session (each HTTP API call is a new one) up to its 10,000
+    default and re-summarises up to 10,000 logged events after each one: a server that had
+    answered 3000 calls held 131 MiB more and answered 1.3x slower (BENCHMARKS.md)."""
+    import socket
+
+    import httpx
+
+    from benchmarks.app_latency import http_answer
+
+    queue = bundled_app.demo._queue
+    assert (queue.ANALYTICS_MAX_EVENTS, queue.ANAYLTICS_CACHE_FREQUENCY) == (1000, 100)  # set before gr.Blocks
+    monkeypatch.setattr(bundled_app, "SESSIONS_KEPT", 3)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bundled_app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        with httpx.Client(timeout=60) as http:
+            for index in range(6):
+                http_answer(http, f"http://127.0.0.1:{port}/", film("NORMAL", index))
+        assert len(bundled_app.demo.state_holder.session_data) == 3
+    finally:
+        bundled_app.demo.close()

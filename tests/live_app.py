@@ -14,12 +14,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_app(env: dict[str, str], timeout: float = 180, cwd: Path = ROOT,
               command: list[str] | None = None) -> tuple[subprocess.Popen, str]:
     """The app process (``cwd``'s app.py, or ``command``) and its URL, once the server answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False", **env}
     # The app logs a line per upload: to a file, as a pipe nobody reads would fill and stall it.

@@ -10,13 +10,16 @@ import sys
 from pathlib import Path
 
 import gradio as gr
+import httpx
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import pneumonia
+from benchmarks.app_latency import http_answer
 from tests.conftest import clear_films, expected_verdict, import_app, recorded_predictions
+from tests.live_app import free_port
 
 
 @pytest.fixture(scope="module")
@@ -220,18 +223,10 @@ def test_a_long_running_server_keeps_a_bounded_number_of_sessions_and_events(bun
     """Gradio keeps every caller's session (each HTTP API call is a new one) up to its 10,000
     default and re-summarises up to 10,000 logged events after each one: a server that had
     answered 3000 calls held 131 MiB more and answered 1.3x slower (BENCHMARKS.md)."""
-    import socket
-
-    import httpx
-
-    from benchmarks.app_latency import http_answer
-
     queue = bundled_app.demo._queue
     assert (queue.ANALYTICS_MAX_EVENTS, queue.ANAYLTICS_CACHE_FREQUENCY) == (1000, 100)  # set before gr.Blocks
     monkeypatch.setattr(bundled_app, "SESSIONS_KEPT", 3)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     bundled_app.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     try:
         with httpx.Client(timeout=60) as http:

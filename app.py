@@ -174,10 +174,17 @@ def bars(reading: Reading) -> dict[str, float] | str:
 
 def classify(image_path: str | None) -> tuple[dict[str, float] | str, str]:
     """Probability bars (or the refusal label) and the decision in words."""
-    image = _open(image_path)
+    return predict_at_level(image_path, None)[:2]
+
+
+def predict_at_level(image: str | None, level: float | None) -> tuple[dict[str, float] | str, str, dict]:
+    """The /predict_at_level endpoint: /predict's three outputs for one upload, answered by the
+    cut-offs of ``level`` (the answered accuracy each side's cut-off was chosen for; None: the
+    folder's default). A bad file or level fails with its message."""
+    level, opened = _asked_level(level), _open(image)
     with _answering():
-        (reading,) = classifier.read([image])
-    return bars(reading), decision(reading)
+        (reading,) = classifier.read([opened], level)
+    return bars(reading), decision(reading), outcome(reading)
 
 
 def heat_map(image_path: str | None) -> Image.Image | None:
@@ -198,6 +205,26 @@ def check_uploads(image: list[str | None]) -> list[list[dict]]:
     opened = [_open_or_message(path) for path in image]
     return [[gr.validate(isinstance(item, Image.Image), "" if isinstance(item, Image.Image) else item)
              for item in opened]]
+
+
+def _asked_level(value) -> float | None:
+    """The answer level an API caller asked for (a number, or its text); None for the default."""
+    if value is None or value == "":
+        return None
+    try:
+        level = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(_level_message(value)) from None
+    if level not in classifier.levels:
+        raise gr.Error(_level_message(value))
+    return level
+
+
+def _level_message(value) -> str:
+    offered = ", ".join(f"{known:g}" for known in classifier.levels if known is not None)
+    return (f"level {value!r}: this model answers at {offered} (the share of each side's answers that must be right); "
+            f"leave it out for the default, {classifier.level:g}" if offered else
+            f"level {value!r}: this model has one answer level only; leave the level out")
 
 
 def _read_batched_verdicts() -> None:
@@ -231,7 +258,7 @@ def _per_upload(image: list[str | None], answer_all) -> list:
 
 def classify_batch(image: list[str | None]) -> tuple[list, list, list]:
     """The /predict endpoint: bars, decision and outcome for up to MAX_BATCH_SIZE queued uploads,
-    from one forward pass (ONNX Runtime when the model folder has it)."""
+    from one forward pass (ONNX Runtime when the model folder has it), at the default answer level."""
     def answer_all(images):
         with _answering():
             return classifier.read(images)
@@ -263,10 +290,12 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
                 if example_files:
                     gr.Examples(example_files, inputs=upload, label="Examples: test films of the Kermany data set (CC BY 4.0)")
             with gr.Column(scale=2):
-                # The decision comes first: at a threshold other than 0.5 it can differ from the longer bar.
-                verdict = gr.Markdown(label="Decision at the model's operating threshold", elem_id="verdict")
+                # The decision comes first: it follows the answer cut-offs, not the longer bar.
+                verdict = gr.Markdown(label="Decision", elem_id="verdict")
                 probability_bars = gr.Label(num_top_classes=2, label="Calibrated probability", show_heading=False)
                 reading = gr.JSON(visible=False)  # for API callers: outcome, reason, scores
+                # For /predict_at_level's callers: the answered accuracy whose cut-offs answer.
+                answer_level = gr.Number(classifier.level, visible=False, label="answer level")
                 with gr.Row():
                     film = gr.Image(label=film_caption(None), type="pil", elem_id="film")
                     heatmap = gr.Image(label="Heat map (LayerCAM): regions that raised the PNEUMONIA score", type="pil",
@@ -283,6 +312,11 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
     answered = upload.change(classify_batch, inputs=upload, outputs=[probability_bars, verdict, reading],
                              api_name="predict", **batched)
     answered.success(heat_map_batch, inputs=upload, outputs=heatmap, api_name="heatmap", **batched)
+    # /predict at another answer level, for API callers only. Not batched: Gradio 6.31 cannot
+    # validate a batched event of two inputs (it hands the validator one request as a batch of its
+    # inputs), and alone a bad file fails by itself anyway.
+    gr.on([], predict_at_level, inputs=[upload, answer_level], outputs=[probability_bars, verdict, reading],
+          api_name="predict_at_level", concurrency_limit=1)
     demo.queue(max_size=64)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from pneumonia import backends
+from pneumonia.answering import PNEUMONIA, UNCERTAIN, Cutoffs, levels_from_config
 from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL, UsageError
 from pneumonia.ood import GATE_FILE, REASONS, OodGate, Verdict, image_verdict
 from pneumonia.pixels import data_config_from, preprocess
@@ -25,22 +26,26 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-UNCERTAIN_REASON = "P(PNEUMONIA) is too close to the model's threshold to call: it needs a radiologist's read"
+UNCERTAIN_REASON = "P(PNEUMONIA) lies between the model's two answer cut-offs: it needs a radiologist's read"
 
 
 @dataclass
 class Reading:
     """What the model makes of one image: its calibrated probabilities and one of four outcomes:
     "answer"; "caution" (``kind`` "adult": answered, with a caution); "uncertain" (P(PNEUMONIA)
-    within the model's uncertain band around its threshold: no decision, it needs a radiologist's
-    read; ``kind`` is still "adult" for an adult's film); or "refuse" (the out-of-distribution gate's:
-    ``kind`` says what it looks like, see ``pneumonia.ood.REASONS``; the probabilities then mean
-    nothing). ``scores`` are the gate's numbers behind the outcome, for the log and the API."""
+    between the cut-offs of ``level``: no decision, it needs a radiologist's read; ``kind`` is still
+    "adult" for an adult's film); or "refuse" (the out-of-distribution gate's: ``kind`` says what it
+    looks like, see ``pneumonia.ood.REASONS``; the probabilities then mean nothing). ``decision``
+    is the answered side (None when uncertain or refused); ``level`` the answered accuracy whose
+    cut-offs decided (None for folders without levels). ``scores`` are the gate's numbers behind
+    the outcome, for the log and the API."""
 
     probabilities: dict[str, float]
     outcome: str = "answer"
     kind: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    decision: str | None = None
+    level: float | None = None
 
     @property
     def refused(self) -> bool:
@@ -70,13 +75,14 @@ class Classifier:
 
     source: str          # local-dir:PATH or hf-hub:USER/REPO
     label_names: tuple[str, ...]
-    threshold: float     # on calibrated P(PNEUMONIA), chosen on validation
+    threshold: float     # on calibrated P(PNEUMONIA), chosen on validation (the metrics' operating point)
     temperature: float   # fitted on validation
     config: dict         # the folder's config.json
     metrics: dict        # the folder's metrics.json ({} when absent)
     data_config: dict    # resize and normalisation (timm's data config, from config.json)
     preprocessing: XrayPreprocessing
-    uncertain_band: float = 0.0  # P within threshold ± this is "uncertain" (chosen on shifted validation)
+    levels: dict[float | None, Cutoffs] = field(default_factory=dict)  # answer cut-offs by level (answering.py)
+    level: float | None = None  # the default level; None for folders without levels
     backend: str = "pytorch"                        # where read's logits come from
     onnx_logits: backends.OnnxLogits | None = None  # ONNX Runtime, when backend is onnx-*
     gate: OodGate | None = None  # the out-of-distribution gate; None for folders fitted without one
@@ -153,29 +159,46 @@ class Classifier:
         """Calibrated probabilities (N, classes), ungated: see ``read`` for the gate's verdict."""
         return calibrated_probabilities(self.run(self.pixel_array(images))[0], self.temperature)
 
-    def read(self, images: Sequence[Image.Image]) -> list[Reading]:
-        """Probabilities and the out-of-distribution gate's verdict per image, from one forward pass."""
+    def read(self, images: Sequence[Image.Image], level: float | None = None) -> list[Reading]:
+        """Probabilities, the out-of-distribution gate's verdict and the answer at ``level`` (the
+        folder's default when None; see ``cutoffs``) per image, from one forward pass."""
+        cutoffs = self.cutoffs(level)
         logits, features = self.run(self.pixel_array(images))
-        return self._readings(images, calibrated_probabilities(logits, self.temperature), features)
+        return self._readings(images, calibrated_probabilities(logits, self.temperature), features, cutoffs)
 
-    def _readings(self, images, probs: np.ndarray, features: np.ndarray | None) -> list[Reading]:
+    def cutoffs(self, level: float | None = None) -> Cutoffs:
+        """The answer cut-offs at ``level`` of answered accuracy; the default level's when None."""
+        if level is None:
+            return self.levels[self.level]
+        if level not in self.levels:
+            offered = ", ".join(f"{known:g}" for known in self.levels if known is not None)
+            raise UsageError(f"answer level {level!r}: this model answers at "
+                             + (f"{offered}; pass one of those, or none for its default {self.level:g}" if offered
+                                else "one level only (its folder predates levels); pass none"))
+        return self.levels[level]
+
+    def _readings(self, images, probs: np.ndarray, features: np.ndarray | None, cutoffs: Cutoffs) -> list[Reading]:
         if self.gate is None:
             verdicts = [Verdict()] * len(probs)
         else:
             gated = self.gate.verdicts(np.asarray(features, dtype=np.float64))
             verdicts = [image_verdict(image) or verdict for image, verdict in zip(images, gated)]
-        return [self._reading(self._by_label(p), verdict) for p, verdict in zip(probs, verdicts)]
+        sides = cutoffs.sides(probs[:, self.label_names.index(POSITIVE_LABEL)])
+        return [self._reading(self._by_label(p), verdict, side, cutoffs.level)
+                for p, verdict, side in zip(probs, verdicts, sides)]
 
-    def _reading(self, probabilities: dict[str, float], verdict: Verdict) -> Reading:
-        outcome = verdict.outcome
-        if outcome != "refuse" and self.is_uncertain(probabilities):
-            outcome = "uncertain"
-        return Reading(probabilities, outcome, verdict.kind, verdict.scores)
+    def _reading(self, probabilities: dict[str, float], verdict: Verdict, side: int, level: float | None) -> Reading:
+        if verdict.outcome == "refuse":
+            return Reading(probabilities, "refuse", verdict.kind, verdict.scores, None, level)
+        if side == UNCERTAIN:
+            return Reading(probabilities, "uncertain", verdict.kind, verdict.scores, None, level)
+        decision = POSITIVE_LABEL if side == PNEUMONIA else self._negative_label
+        return Reading(probabilities, verdict.outcome, verdict.kind, verdict.scores, decision, level)
 
     def predict(self, image: Image.Image) -> dict[str, float]:
         return self._by_label(self.predict_proba([image])[0])
 
-    def explain(self, images: Sequence[Image.Image]) -> tuple[list[Reading], np.ndarray]:
+    def explain(self, images: Sequence[Image.Image], level: float | None = None) -> tuple[list[Reading], np.ndarray]:
         """Readings and a Grad-CAM map (N, H, W) per image, from one forward and one backward
         pass of the PyTorch model (whatever the backend). It hooks the model: callers sharing
         it serialise their calls. Needs torch and timm (``pip install "pneumonia-xray[torch]"``)."""
@@ -184,19 +207,11 @@ class Classifier:
 
         logits, cams = grad_cam(model, self.pixels(images))
         features = tapped.last_features().detach().numpy() if tapped else None
-        return self._readings(images, calibrated_probabilities(logits.detach().numpy(), self.temperature), features), cams
+        probs = calibrated_probabilities(logits.detach().numpy(), self.temperature)
+        return self._readings(images, probs, features, self.cutoffs(level)), cams
 
     def _by_label(self, probs: np.ndarray) -> dict[str, float]:
         return {name: float(p) for name, p in zip(self.label_names, probs)}
-
-    def decide(self, probs: dict[str, float]) -> str:
-        """The side of the threshold P(PNEUMONIA) falls on ("at or above" is PNEUMONIA); see
-        ``is_uncertain`` for films too close to it to answer."""
-        return POSITIVE_LABEL if probs[POSITIVE_LABEL] >= self.threshold else self._negative_label
-
-    def is_uncertain(self, probs: dict[str, float]) -> bool:
-        """P(PNEUMONIA) within [threshold - band, threshold + band] (``train.metrics.answered``)."""
-        return self.uncertain_band > 0 and abs(probs[POSITIVE_LABEL] - self.threshold) <= self.uncertain_band
 
     @property
     def _negative_label(self) -> str:
@@ -251,12 +266,14 @@ def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
     if config is None:
         raise UsageError(f"{source}: no config.json there; give a trained model folder or an hf-hub:USER/REPO id")
     chosen, onnx_file = _onnx_backend(source, backend)
+    levels, default_level = levels_from_config(config)
     classifier = Classifier(
         source=source,
         label_names=tuple(config.get("label_names") or LABEL_NAMES),
         threshold=float(config.get("threshold", 0.5)),
         temperature=float(config.get("temperature", 1.0)),
-        uncertain_band=float(config.get("uncertain_band", 0.0)),  # 0: folders from before the band existed
+        levels=levels,
+        level=default_level,
         config=config,
         metrics=_read_json(source, "metrics.json") or {},
         data_config=data_config_from(config),

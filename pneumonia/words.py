@@ -12,6 +12,7 @@ from pneumonia.labels import POSITIVE_LABEL
 from pneumonia.ood import REASONS, UPLOAD_INSTEAD
 
 if TYPE_CHECKING:
+    from pneumonia.answering import Cutoffs
     from pneumonia.modeling import Classifier, Reading
 
 P_SLOT = "{p}"  # in a browser template, where P(PNEUMONIA) goes, written with three decimals
@@ -34,62 +35,83 @@ def caution(classifier: Classifier) -> str:
             f"and is not made for adults.{measured}")
 
 
-def uncertainty(classifier: Classifier, p: float | str) -> str:
-    """Why no decision is given, with what the band costs and buys on validation."""
-    low, high = classifier.threshold - classifier.uncertain_band, classifier.threshold + classifier.uncertain_band
+def _cutoff(value: float | None) -> str:
+    return "no film" if value is None else f"{value:.3f}"
+
+
+def _level(classifier: Classifier, cutoffs: Cutoffs) -> str:
+    """What the level of the cut-offs promises, in words."""
+    if cutoffs.level is None:
+        return ""
+    confidence = classifier.metrics.get("answering", {}).get("side_confidence")
+    with_confidence = f", with {confidence:.0%} confidence for each side" if confidence else ""
+    return (f" At this level ({cutoffs.level:.0%}) each side's answers were wrong at most {1 - cutoffs.level:.0%} of the "
+            f"time on the shifted validation films{with_confidence}.")
+
+
+def uncertainty(classifier: Classifier, p: float | str, cutoffs: Cutoffs) -> str:
+    """Why no decision is given: both cut-offs, what they promise, and the share they answered on validation."""
     shifted = classifier.metrics.get("shifted_validation", {})
-    measured = (f" Outside this band the model was right on {shifted['answered_accuracy']:.1%} of the shifted "
-                f"validation films and answered {shifted['coverage']:.0%} of them." if "coverage" in shifted else "")
-    return (f"Uncertain: needs a radiologist's read. P(PNEUMONIA) = {_three(p)} lies in the band {low:.3f} to "
-            f"{high:.3f} around the operating threshold {classifier.threshold:.3f}, where the model is too often "
-            f"wrong to give a decision.{measured}")
+    measured = (f" On the shifted validation films the default level answered {shifted['coverage']:.0%} of them."
+                if "coverage" in shifted and cutoffs.level == classifier.level else "")
+    return (f"Uncertain: needs a radiologist's read. P(PNEUMONIA) = {_three(p)} lies between the model's two "
+            f"cut-offs: it answers NORMAL at or below {_cutoff(cutoffs.normal_at_most)} and PNEUMONIA at or above "
+            f"{_cutoff(cutoffs.pneumonia_at_least)}.{_level(classifier, cutoffs)}{measured}")
 
 
-def _text(classifier: Classifier, outcome: str, kind: str | None, verdict: str | None, p: float | str) -> str:
+def _answered(classifier: Classifier, decision: str, p: float | str, cutoffs: Cutoffs) -> str:
+    if cutoffs.level is None and cutoffs.pneumonia_at_least == classifier.threshold:  # a folder with no uncertain outcome
+        side = "at or above" if decision == POSITIVE_LABEL else "below"
+        return (f"P(PNEUMONIA) = {_three(p)} is {side} the model's operating threshold {classifier.threshold:.3f}, "
+                "chosen on validation; the decision follows the threshold, not the longer bar.")
+    side, cut = (("at or above", cutoffs.pneumonia_at_least) if decision == POSITIVE_LABEL
+                 else ("at or below", cutoffs.normal_at_most))
+    return (f"P(PNEUMONIA) = {_three(p)} is {side} the model's {decision} cut-off {_cutoff(cut)}; the decision follows "
+            f"the cut-off, not the longer bar.{_level(classifier, cutoffs)}")
+
+
+def _text(classifier: Classifier, outcome: str, kind: str | None, decision: str | None, p: float | str,
+          cutoffs: Cutoffs) -> str:
     if outcome == "refuse":
         return f"### NOT ASSESSED\n{refusal(kind)}"
     warning = f"> **{caution(classifier)}**\n\n" if kind == "adult" else ""
     if outcome == "uncertain":
-        return f"### UNCERTAIN\n{warning}{uncertainty(classifier, p)}"
-    side = "at or above" if verdict == POSITIVE_LABEL else "below"
-    return (f"### {verdict}\n{warning}P(PNEUMONIA) = {_three(p)} is {side} the model's operating "
-            f"threshold {classifier.threshold:.3f}, chosen on validation; the decision follows the threshold, not the "
-            "longer bar.")
+        return f"### UNCERTAIN\n{warning}{uncertainty(classifier, p, cutoffs)}"
+    return f"### {decision}\n{warning}{_answered(classifier, decision, p, cutoffs)}"
 
 
 def decision(classifier: Classifier, reading: Reading) -> str:
     """The outcome in words, headed by the decision."""
-    if reading.refused:
-        return _text(classifier, "refuse", reading.kind, None, "")
-    return _text(classifier, reading.outcome, reading.kind, classifier.decide(reading.probabilities),
-                 reading.probabilities[POSITIVE_LABEL])
+    return _text(classifier, reading.outcome, reading.kind, reading.decision,
+                 "" if reading.refused else reading.probabilities[POSITIVE_LABEL], classifier.cutoffs(reading.level))
 
 
 def outcome(classifier: Classifier, reading: Reading) -> dict:
-    """The outcome for API callers, without parsing prose, and the gate's scores."""
+    """The outcome for API callers, without parsing prose, and the gate's scores. ``uncertain_band``
+    is [the NORMAL cut-off, the PNEUMONIA cut-off] at ``level`` (null for a side that answers no film)."""
     assessed = not reading.refused
     p = reading.probabilities[POSITIVE_LABEL] if assessed else None
+    cutoffs = classifier.cutoffs(reading.level)
     reasons = [reading.reason if reading.refused else None,
-               uncertainty(classifier, p) if reading.uncertain else None,
+               uncertainty(classifier, p, cutoffs) if reading.uncertain else None,
                caution(classifier) if reading.adult else None]
     return {"outcome": reading.outcome, "kind": reading.kind,
             "reason": " ".join(r for r in reasons if r) or None,
-            "decision": classifier.decide(reading.probabilities) if assessed and not reading.uncertain else None,
-            "p_pneumonia": p, "threshold": classifier.threshold,
-            "uncertain_band": [classifier.threshold - classifier.uncertain_band,
-                               classifier.threshold + classifier.uncertain_band] if classifier.uncertain_band else None,
-            "scores": reading.scores}
+            "decision": reading.decision, "p_pneumonia": p, "threshold": classifier.threshold,
+            "level": reading.level, "uncertain_band": cutoffs.band, "scores": reading.scores}
 
 
 def browser_templates(classifier: Classifier) -> dict:
-    """Every text ``decision`` can give, with P_SLOT for P(PNEUMONIA): the browser's private mode
-    picks one by outcome, kind and decision and fills the slot, so its words are these."""
+    """Every text ``decision`` can give at the default level, with P_SLOT for P(PNEUMONIA): the
+    browser's private mode picks one by outcome, kind and decision and fills the slot, so its words
+    are these."""
     negative = next(name for name in classifier.label_names if name != POSITIVE_LABEL)
-    templates = {"refuse": {kind: _text(classifier, "refuse", kind, None, P_SLOT) for kind in REASONS}}
+    cutoffs = classifier.cutoffs()
+    templates = {"refuse": {kind: _text(classifier, "refuse", kind, None, P_SLOT, cutoffs) for kind in REASONS}}
     for adult, key in ((False, ""), (True, "adult")):
         kind = "adult" if adult else None
-        templates[f"uncertain{'_' + key if key else ''}"] = _text(classifier, "uncertain", kind, None, P_SLOT)
+        templates[f"uncertain{'_' + key if key else ''}"] = _text(classifier, "uncertain", kind, None, P_SLOT, cutoffs)
         templates[f"answer{'_' + key if key else ''}"] = {
-            verdict: _text(classifier, "caution" if adult else "answer", kind, verdict, P_SLOT)
+            verdict: _text(classifier, "caution" if adult else "answer", kind, verdict, P_SLOT, cutoffs)
             for verdict in (negative, POSITIVE_LABEL)}
     return {"p_slot": P_SLOT, **templates}

@@ -197,32 +197,33 @@ def recorded_predictions(folder: Path, split: str) -> list[dict]:
         return [{**row, "p_pneumonia": float(row["p_pneumonia"])} for row in csv.DictReader(f) if row["split"] == split]
 
 
-def expected_verdict(p_pneumonia: float, threshold: float) -> str:
-    """The class a recorded probability falls on; callers keep to films clearly on one side."""
-    return "PNEUMONIA" if p_pneumonia >= threshold else "NORMAL"
-
-
 def clear_films(folder: Path, split: str = "test", margin: float = 0.7) -> list[dict]:
-    """Recorded films whose P(PNEUMONIA) lies at least ``margin`` in log-odds from the edges of the
-    folder's uncertain band (threshold ± band), each with the verdict it must get ("expected"): its
-    side of the threshold outside the band, "UNCERTAIN" inside. The margin is twice the largest
-    int8 drift, so every backend must agree: 0.345 in log-odds on the bundled model's 624 test
-    films. In log-odds, not in P, because the band's upper edge sits near 1 (0.982), where int8
-    moves P by little but the log-odds as much as anywhere."""
-    config = json.loads((folder / "config.json").read_text())
-    threshold, band = config["threshold"], config.get("uncertain_band", 0.0)
-    lower, upper = _log_odds(threshold - band), _log_odds(threshold + band)
+    """Recorded films whose P(PNEUMONIA) lies at least ``margin`` in log-odds from the folder's
+    answer cut-offs at its default level (``pneumonia.answering``), each with the verdict it must
+    get ("expected"): NORMAL at or below the NORMAL cut-off, PNEUMONIA at or above the PNEUMONIA
+    one, "UNCERTAIN" between. The margin is twice the largest int8 drift, so every backend must
+    agree: 0.345 in log-odds on the bundled model's 624 test films. In log-odds, not in P, because
+    the cut-offs sit near 0 and 1 (0.05, 0.89), where int8 moves P by little but the log-odds as
+    much as anywhere."""
+    from pneumonia.answering import levels_from_config
+
+    levels, default = levels_from_config(json.loads((folder / "config.json").read_text()))
+    cutoffs = levels[default]
+    lower = -math.inf if cutoffs.normal_at_most is None else log_odds(cutoffs.normal_at_most)
+    upper = math.inf if cutoffs.pneumonia_at_least is None else log_odds(cutoffs.pneumonia_at_least)
     found = []
     for row in recorded_predictions(folder, split):
-        x = _log_odds(row["p_pneumonia"])
-        if x <= lower - margin or x >= upper + margin:
-            found.append({**row, "expected": expected_verdict(row["p_pneumonia"], threshold)})
+        x = log_odds(row["p_pneumonia"])
+        if x <= lower - margin:
+            found.append({**row, "expected": "NORMAL"})
+        elif x >= upper + margin:
+            found.append({**row, "expected": "PNEUMONIA"})
         elif lower + margin <= x <= upper - margin:
             found.append({**row, "expected": "UNCERTAIN"})
     return found
 
 
-def _log_odds(p: float) -> float:
+def log_odds(p: float) -> float:
     """log(p / (1 - p)), with P clipped to [1e-6, 1 - 1e-6] (about ±13.8): a band edge beyond 0 or 1,
     or a recorded P of 0 or 1 (the CSV's 6 decimals), stays finite."""
     p = min(max(p, 1e-6), 1 - 1e-6)

@@ -18,7 +18,7 @@ from PIL import Image
 
 import pneumonia
 from benchmarks.app_latency import http_answer
-from tests.conftest import clear_films, expected_verdict, import_app, recorded_predictions
+from tests.conftest import clear_films, import_app, recorded_predictions
 from tests.live_app import free_port
 
 
@@ -86,12 +86,22 @@ def test_what_is_not_a_chest_xray_gets_a_refusal_and_no_bars(bundled_app, film, 
         with pytest.raises(gr.Error, match="is not assessed"):
             bundled_app.predict(str(tmp_path / name))
     assert bars[1] == pytest.approx(bundled_app.predict(xray), abs=1e-5) and heatmaps[1] is not None
-    assert words[1].startswith("### PNEUMONIA\n")  # recorded P(PNEUMONIA) 0.999: above the band (0.282 to 0.982)
-    threshold, band = bundled_app.classifier.threshold, bundled_app.classifier.uncertain_band  # 0.632, 0.350
+    assert words[1].startswith("### PNEUMONIA\n")  # recorded P(PNEUMONIA) 0.999: above the PNEUMONIA cut-off (0.890)
+    classifier = bundled_app.classifier
     assert outcomes[1] | {"scores": None} == {"outcome": "answer", "kind": None, "reason": None, "decision": "PNEUMONIA",
-                                             "p_pneumonia": bars[1]["PNEUMONIA"], "threshold": threshold,
-                                             "uncertain_band": [threshold - band, threshold + band], "scores": None}
+                                             "p_pneumonia": bars[1]["PNEUMONIA"], "threshold": classifier.threshold,
+                                             "level": 0.97, "uncertain_band": classifier.cutoffs(0.97).band, "scores": None}
     assert set(outcomes[1]["scores"]) == {"distance", "not_frontal_chest", "adult"}
+
+
+def test_predict_at_level_answers_by_the_cut_offs_of_the_level_asked(bundled_app, film):
+    xray = str(film("PNEUMONIA", 3))
+    default = bundled_app.predict_at_level(xray, None)
+    assert default[:2] == bundled_app.classify(xray) and default[2]["level"] == 0.97
+    assert bundled_app.predict_at_level(xray, 0.95)[2]["uncertain_band"] == bundled_app.classifier.cutoffs(0.95).band
+    for bad in (0.9, "most"):
+        with pytest.raises(gr.Error, match=f"level {bad!r}: this model answers at 0.95, 0.97, 0.99"):
+            bundled_app.predict_at_level(xray, bad)
 
 
 @pytest.mark.slow
@@ -187,13 +197,14 @@ def test_a_batch_answers_each_upload_as_if_alone(app, film, tmp_path):
     bars, words, outcomes = app.classify_batch([goods[0], gone, *goods[1:]])
     (heatmaps,) = app.heat_map_batch([goods[0], gone, *goods[1:]])
     assert bars[1] is None and heatmaps[1] is None and "deleted-after-upload.png is not a readable image" in words[1]
-    uncertain = [app.classifier.is_uncertain(found) if found else None for found in bars]
+    sides = app.classifier.cutoffs().sides([found["PNEUMONIA"] if found else 0.0 for found in bars])
+    heads = {-1: "UNCERTAIN", 0: "NORMAL", 1: "PNEUMONIA"}
     assert outcomes[1]["outcome"] == "unreadable"
-    assert outcomes[0]["outcome"] == ("uncertain" if uncertain[0] else "answer")  # this folder has no gate
+    assert outcomes[0]["outcome"] == ("uncertain" if sides[0] == -1 else "answer")  # this folder has no gate
     for i, path in zip([0, 2, 3], goods):
         alone = app.predict(path)
         assert bars[i] == pytest.approx(alone, abs=1e-5)
-        heading = "UNCERTAIN" if uncertain[i] else expected_verdict(bars[i]["PNEUMONIA"], app.classifier.threshold)
+        heading = heads[int(sides[i])]
         assert words[i].startswith(f"### {heading}\n")
         assert np.allclose(np.asarray(heatmaps[i], float), np.asarray(app.heat_map(path), float), atol=2)
 

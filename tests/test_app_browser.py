@@ -39,14 +39,14 @@ def test_upload_shows_bars_decision_and_heatmap(page, app_url, film, tmp_path):
     page.get_by_text("notes.png is not a readable image").first.wait_for()  # the message, in the page
 
     page.goto(app_url)  # a fresh page, as a user who tries again
-    image = film("PNEUMONIA", 3)  # recorded P(PNEUMONIA) 0.999: above the band (0.282 to 0.982)
+    image = film("PNEUMONIA", 3)  # recorded P(PNEUMONIA) 0.999: above the PNEUMONIA cut-off (0.890)
     page.set_input_files("input[type=file]", str(image))
     bar = page.locator('[data-testid="PNEUMONIA-confidence-set"] meter')
     bar.wait_for()
     assert int(bar.get_attribute("aria-valuenow")) == round(100 * _served_p(image))
     assert page.locator('[data-testid="NORMAL-confidence-set"]').count() == 1
     assert _verdict(page) == "PNEUMONIA"
-    page.get_by_text("is at or above the model's operating threshold").first.wait_for()
+    page.get_by_text("is at or above the model's PNEUMONIA cut-off").first.wait_for()
     page.locator("#film img").wait_for()  # the film itself, beside...
     page.locator("#heatmap img").wait_for()  # ...the Grad-CAM overlay, which follows the answer
     SCREENSHOTS.mkdir(exist_ok=True)

@@ -1,6 +1,7 @@
 """The app as users meet it: a live server started by the test, called with gradio_client."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ from gradio_client.exceptions import ValidationError
 from PIL import Image
 
 import pneumonia
+from pneumonia.answering import levels_from_config
 from tests.conftest import BUNDLED_MODEL as BUNDLED
-from tests.conftest import clear_films
+from tests.conftest import clear_films, recorded_predictions
+from tests.test_bundled_model import REFUSED_TEST_FILMS
 
 pytestmark = pytest.mark.slow
 
@@ -158,3 +161,21 @@ def test_concurrent_callers_share_batches_and_a_bad_file_fails_alone(server, fil
             outcomes.append(str(err))
     assert "truncated.jpeg is not a readable image" in outcomes[3]
     assert outcomes[:3] + outcomes[4:] == pytest.approx([alone[image] for image in goods], abs=1e-5)
+
+
+def test_an_api_caller_may_ask_for_another_answer_level(server, data_dir):
+    """/predict answers at the folder's default level, as before; /predict_at_level takes the level
+    as a second, optional argument, and the outcome says which level answered."""
+    levels, default = levels_from_config(json.loads((BUNDLED / "config.json").read_text()))
+    loose, strict = levels[0.95], levels[default]  # PNEUMONIA at or above 0.765 and 0.890
+    row = next(r for r in recorded_predictions(BUNDLED, "test") if r["file"] not in REFUSED_TEST_FILMS
+               and loose.pneumonia_at_least + 0.04 <= r["p_pneumonia"] <= strict.pneumonia_at_least - 0.04)
+    film = handle_file(str(data_dir / "test" / row["label"] / row["file"]))
+    for called in (server.predict(film, api_name="/predict"), server.predict(film, api_name="/predict_at_level")):
+        _, decision, outcome = called
+        assert decision.startswith("### UNCERTAIN\n") and outcome["level"] == default and outcome["decision"] is None
+    for level in (0.95, "0.95"):
+        _, decision, outcome = server.predict(film, level, api_name="/predict_at_level")
+        assert decision.startswith("### PNEUMONIA\n") and (outcome["level"], outcome["decision"]) == (0.95, "PNEUMONIA")
+    with pytest.raises(Exception, match="level 0.9: this model answers at 0.95, 0.97, 0.99"):
+        server.predict(film, 0.9, api_name="/predict_at_level")

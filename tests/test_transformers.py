@@ -73,7 +73,9 @@ def test_pipeline_gives_the_projects_probabilities_and_decisions(classify, class
     positive = LABELS.index("PNEUMONIA")
     assert list(got[:, positive] >= classifier.threshold) == list(expected[:, positive] >= classifier.threshold)
     assert 0 < (expected[:, positive] >= classifier.threshold).sum() < len(film_paths)  # both decisions occur
-    assert classify.model.config.uncertain_band == classifier.uncertain_band > 0  # the snippet's "UNCERTAIN" reads it
+    config = classify.model.config  # the card's snippet answers with these cut-offs
+    assert config.answer_level == classifier.level and config.answer_cutoffs == [
+        levels.to_config() for levels in classifier.levels.values()]
 
 
 def test_image_processor_gives_the_projects_pixels(classify, classifier, film_paths):

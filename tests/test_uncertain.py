@@ -1,93 +1,170 @@
-"""The fourth outcome: films too close to the threshold are answered "uncertain", the same way in
-``Classifier.read``, the page and the API; the band is chosen on shifted validation by rule 6."""
+"""When the model answers: NORMAL at or below one cut-off, PNEUMONIA at or above another,
+"uncertain" between; each side's cut-off chosen on shifted validation by rule 7 (an exact binomial
+test in a fixed sequence), the same way in ``Classifier.read``, the page, the API and the browser."""
 from __future__ import annotations
 
-import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 
 import pneumonia
+from pneumonia.answering import NORMAL, PNEUMONIA, UNCERTAIN, Cutoffs, levels_from_config, threshold_only
+from pneumonia import words
 from pneumonia.ood import Verdict
 from tests.conftest import BUNDLED_MODEL as BUNDLED
 from tests.conftest import recorded_predictions
-from train.metrics import answered, choose_uncertain_band, risk_coverage, selective_metrics
+from train.metrics import (ANSWER_LEVELS, binomial_p_value, choose_cutoffs, choose_side_cutoff, fewest_to_pass,
+                           selective_metrics, side_candidates)
 
 
-def test_the_band_is_the_narrowest_whose_answered_films_reach_the_target():
-    threshold = 0.5
-    # 90 films right far from the threshold, 10 wrong at distances 0.01 .. 0.10 from it
-    p = np.concatenate([np.full(45, 0.9), np.full(45, 0.1), threshold + np.arange(1, 11) / 100])
-    labels = np.concatenate([np.ones(45), np.zeros(45), np.zeros(10)]).astype(int)
-    # at w the films within 0.01 * k of t are held back; 97% needs at most 2 wrong of those answered
-    band = choose_uncertain_band(labels, p, threshold, target=0.97, step=0.005)
-    kept = selective_metrics(labels, p, threshold, band)
-    assert kept["answered_accuracy"] >= 0.97 and band == pytest.approx(0.08)
-    narrower = selective_metrics(labels, p, threshold, band - 0.005)
-    assert narrower["answered_accuracy"] < 0.97
-    assert kept["coverage"] == pytest.approx(92 / 100) and kept["uncertain"] == 8
-    # a film exactly at the band's edge is uncertain, the next one out is answered
-    assert list(answered(np.array([threshold + band, threshold + band + 1e-9]), threshold, band)) == [False, True]
+def _passes(wrong: int, answered: int, level: float) -> bool:
+    """scipy's exact binomial test, written apart from train.metrics: error < 1 - level at 95%."""
+    return answered > 0 and binomtest(wrong, answered, 1 - level, alternative="less").pvalue <= 0.05
 
 
-def test_a_model_that_is_always_right_needs_no_band_and_risk_coverage_ends_at_accuracy():
-    labels = np.array([0, 0, 1, 1, 1])
-    p = np.array([0.1, 0.45, 0.55, 0.7, 0.52])
-    assert choose_uncertain_band(labels, p, 0.5) == 0.0
-    coverage, accuracy = risk_coverage(labels, np.array([0.1, 0.6, 0.55, 0.7, 0.52]), 0.5)
-    assert coverage[-1] == 1.0 and accuracy[-1] == pytest.approx(0.8)
-    assert accuracy[0] == 1.0  # the most confident film (0.1) is right
+def _answered(p, labels, side, cut):
+    chosen = p >= cut if side == PNEUMONIA else p <= cut
+    return int((labels[chosen] != side).sum()), int(chosen.sum())
 
 
-def test_read_marks_exactly_the_films_inside_the_band_uncertain(bundled, bundled_test_films, bundled_readings):
-    """With another band, the same test films read with the same probabilities and gate verdicts,
-    and exactly those within the band (and not refused) are "uncertain", keeping an adult's kind."""
-    images = bundled_test_films[1][:160]
-    before = bundled_readings["pytorch"][:160]
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("side", [NORMAL, PNEUMONIA])
+def test_each_side_is_the_last_cutoff_of_the_sequence_before_the_binomial_test_first_fails(seed, side):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 800)
+    # a calibrated-looking model: P far from the true class is rarer, and some films sit on the wrong side
+    p = np.clip(np.where(labels == 1, rng.beta(6, 1, 800), rng.beta(1, 6, 800)), 0.0, 1.0)
+    threshold, level = 0.55, 0.97
+    chosen = choose_side_cutoff(labels, p, side, level, threshold)
+    tested = [cut for cut in side_candidates(side, threshold)
+              if _answered(p, labels, side, cut)[1] >= fewest_to_pass(1 - level)]
+    passing = [_passes(*_answered(p, labels, side, cut), level) for cut in tested]
+    expected = None
+    for cut, ok in zip(tested, passing):  # the sequence, from the first candidate that could pass
+        if not ok:
+            break
+        expected = cut
+    assert chosen == expected
+    if chosen is not None:
+        assert chosen < threshold if side == NORMAL else chosen >= threshold
+
+
+def test_the_binomial_test_and_the_fixed_sequence_are_mapies():
+    """MAPIE (Learn-then-Test) computes the same p-values and stops the same fixed sequence."""
+    from mapie.risk_control.fwer_control import control_fwer
+    from mapie.risk_control.methods import compute_hoeffding_bentkus_p_value
+
+    wrong, answered = np.array([0, 1, 2, 3, 9, 14, 2]), np.array([120, 200, 260, 300, 330, 360, 400])
+    ours = np.array([binomial_p_value(k, n, 0.03) for k, n in zip(wrong, answered)])
+    theirs = compute_hoeffding_bentkus_p_value(wrong / answered, answered.astype(float), 0.03, binary=True)[:, 0]
+    assert ours == pytest.approx(theirs, rel=1e-9)
+    passed = np.flatnonzero(np.cumprod(ours <= 0.05))  # the sequence stops at its first failure
+    assert ours[-1] <= 0.05  # the last would pass alone, but the sequence stopped before it
+    assert list(control_fwer(ours, 0.05, "fixed_sequence")) == list(passed) == [0, 1, 2, 3]
+
+
+def test_a_side_answers_no_film_when_too_few_films_could_certify_its_level():
+    labels, p = np.zeros(200, int), np.full(200, 0.001)  # 200 right NORMAL films: 99% needs 299 with none wrong
+    assert fewest_to_pass(0.01) == 299 and fewest_to_pass(0.03) == 99
+    assert choose_side_cutoff(labels, p, NORMAL, 0.99, 0.5) is None
+    assert choose_side_cutoff(labels, p, NORMAL, 0.97, 0.5) == 0.495  # 200 >= 99: every candidate up to t passes
+    assert list(Cutoffs(None, None, 0.99).sides([0.0, 0.5, 1.0])) == [UNCERTAIN] * 3
+
+
+def test_candidates_answering_too_few_films_are_skipped_not_failed():
+    # 50 right films at P = 0.02 and 60 more at 0.04: below 0.04 too few (50 < 99) to pass even with no error
+    labels, p = np.zeros(110, int), np.concatenate([np.full(50, 0.02), np.full(60, 0.04)])
+    assert choose_side_cutoff(labels, p, NORMAL, 0.97, 0.6) == 0.595  # from 0.04 on, every candidate passes
+    with_a_miss = np.concatenate([labels, [1]]), np.concatenate([p, [0.3]])  # a PNEUMONIA film at 0.3 stops it there
+    assert choose_side_cutoff(*with_a_miss, NORMAL, 0.97, 0.6) == 0.295
+
+
+def test_films_at_a_cut_off_are_answered_and_those_between_are_uncertain():
+    cutoffs = Cutoffs(0.05, 0.89, 0.97)
+    p = [0.0, 0.05, np.nextafter(0.05, 1), 0.5, np.nextafter(0.89, 0), 0.89, 1.0]
+    assert list(cutoffs.sides(p)) == [NORMAL, NORMAL, UNCERTAIN, UNCERTAIN, UNCERTAIN, PNEUMONIA, PNEUMONIA]
+    assert list(Cutoffs(None, 0.89).sides([0.0, 0.9])) == [UNCERTAIN, PNEUMONIA]
+    assert list(threshold_only(0.6).sides([np.nextafter(0.6, 0), 0.6])) == [NORMAL, PNEUMONIA]
+
+
+def test_folders_from_before_the_levels_keep_loading(tmp_path):
+    assert levels_from_config({"threshold": 0.6, "uncertain_band": 0.2}) == ({None: Cutoffs(0.6 - 0.2, 0.6 + 0.2)}, None)
+    assert levels_from_config({"threshold": 0.6}) == ({None: threshold_only(0.6)}, None)
+    with pytest.raises(pneumonia.UsageError, match="answer_level 0.9 is not one of its answer_cutoffs' levels"):
+        levels_from_config({"answer_level": 0.9, "answer_cutoffs": [{"level": 0.97, "normal_at_most": 0.1,
+                                                                       "pneumonia_at_least": 0.9}]})
+    old = tmp_path / "old"
+    shutil.copytree(BUNDLED, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["answer_level"], config["answer_cutoffs"]
+    config["uncertain_band"] = 0.35  # as this folder was written before the levels
+    (old / "config.json").write_text(json.dumps(config))
+    classifier = pneumonia.load_classifier(str(old), backend="onnx-int8")
+    t = classifier.threshold
+    assert classifier.level is None and classifier.cutoffs() == Cutoffs(t - 0.35, t + 0.35)
+    reading = classifier._reading({"NORMAL": 0.5, "PNEUMONIA": 0.5}, Verdict(), int(classifier.cutoffs().sides([0.5])[0]), None)
+    assert reading.outcome == "uncertain" and words.outcome(classifier, reading)["level"] is None
+    with pytest.raises(pneumonia.UsageError, match="one level only"):
+        classifier.cutoffs(0.97)
+
+
+def test_read_answers_each_film_by_the_cut_offs_of_the_level_asked(bundled, bundled_test_films, bundled_readings):
+    images, before = bundled_test_films[1][:160], bundled_readings["pytorch"][:160]
     p = np.array([r.probabilities["PNEUMONIA"] for r in before])
-    band = float(np.quantile(np.abs(p - bundled.threshold), 0.25))  # about a quarter of the films
-    banded = dataclasses.replace(bundled, uncertain_band=band)
-    after = banded.read(images)
-    inside = np.abs(p - bundled.threshold) <= band
-    for old, new, within in zip(before, after, inside):
-        assert new.probabilities == pytest.approx(old.probabilities, abs=1e-6)
-        expected = "refuse" if old.refused else "uncertain" if within else "caution" if old.adult else "answer"
-        assert new.outcome == expected and new.kind == old.kind
-    assert 20 <= sum(r.uncertain for r in after) <= 60
+    for level in ANSWER_LEVELS:
+        sides = bundled.cutoffs(level).sides(p)
+        for old, new, side in zip(before, bundled.read(images, level), sides):
+            assert new.probabilities == pytest.approx(old.probabilities, abs=1e-6) and new.level == level
+            expected = ("refuse" if old.refused else "uncertain" if side == UNCERTAIN
+                        else "caution" if old.adult else "answer")
+            assert new.outcome == expected and new.kind == old.kind
+            assert new.decision == (None if expected in ("refuse", "uncertain") else ["NORMAL", "PNEUMONIA"][side])
+    assert [r.outcome for r in bundled.read(images[:20])] == [r.outcome for r in bundled.read(images[:20], 0.97)]
+    with pytest.raises(pneumonia.UsageError, match="answer level 0.9: this model answers at 0.95, 0.97, 0.99"):
+        bundled.read(images[:1], 0.9)
 
 
-def test_the_page_and_the_api_say_uncertain_and_give_no_decision(bundled_app):
+def test_the_page_and_the_api_name_both_cut_offs_and_the_level(bundled_app):
     classifier = bundled_app.classifier
-    saved = classifier.uncertain_band
-    classifier.uncertain_band = 0.1
-    try:
-        p = classifier.threshold + 0.05
-        reading = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, Verdict())
-        assert reading.outcome == "uncertain"
-        words = bundled_app.decision(reading)
-        assert words.startswith("### UNCERTAIN\nUncertain: needs a radiologist's read. "
-                                f"P(PNEUMONIA) = {p:.3f} lies in the band")
-        api = bundled_app.outcome(reading)
-        assert api["outcome"] == "uncertain" and api["decision"] is None and api["p_pneumonia"] == p
-        assert api["uncertain_band"] == pytest.approx([classifier.threshold - 0.1, classifier.threshold + 0.1])
-        adult = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, Verdict("caution", "adult"))
-        assert adult.outcome == "uncertain" and "adult's chest film" in bundled_app.decision(adult)
-        far = classifier._reading({"NORMAL": 0.02, "PNEUMONIA": 0.98}, Verdict())
-        assert bundled_app.decision(far).startswith("### PNEUMONIA\n") and bundled_app.outcome(far)["decision"] == "PNEUMONIA"
-    finally:
-        classifier.uncertain_band = saved
+    cutoffs = classifier.cutoffs()
+    p = (cutoffs.normal_at_most + cutoffs.pneumonia_at_least) / 2
+    reading = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, Verdict(), UNCERTAIN, cutoffs.level)
+    words = bundled_app.decision(reading)
+    assert words.startswith(f"### UNCERTAIN\nUncertain: needs a radiologist's read. P(PNEUMONIA) = {p:.3f} lies between "
+                            f"the model's two cut-offs: it answers NORMAL at or below {cutoffs.normal_at_most:.3f} and "
+                            f"PNEUMONIA at or above {cutoffs.pneumonia_at_least:.3f}. At this level (97%)"), words
+    api = bundled_app.outcome(reading)
+    assert api["outcome"] == "uncertain" and api["decision"] is None and api["p_pneumonia"] == p
+    assert api["level"] == 0.97 and api["uncertain_band"] == [cutoffs.normal_at_most, cutoffs.pneumonia_at_least]
+    adult = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, Verdict("caution", "adult"), UNCERTAIN, cutoffs.level)
+    assert adult.outcome == "uncertain" and "adult's chest film" in bundled_app.decision(adult)
+    answered = classifier._reading({"NORMAL": 0.02, "PNEUMONIA": 0.98}, Verdict(), PNEUMONIA, 0.95)
+    assert bundled_app.decision(answered).startswith(
+        f"### PNEUMONIA\nP(PNEUMONIA) = 0.980 is at or above the model's PNEUMONIA cut-off "
+        f"{classifier.cutoffs(0.95).pneumonia_at_least:.3f}; the decision follows the cut-off, not the longer bar. "
+        "At this level (95%) each side's answers were wrong at most 5% of the time")
+    assert bundled_app.outcome(answered)["decision"] == "PNEUMONIA" and bundled_app.outcome(answered)["level"] == 0.95
 
 
-def test_the_bundled_band_follows_rule_6_from_its_predictions():
+def test_the_bundled_cut_offs_follow_rule_7_and_hold_its_guarantee_on_shifted_validation():
     config = json.loads((BUNDLED / "config.json").read_text())
-    metrics = json.loads((BUNDLED / "metrics.json").read_text())
+    metrics = json.loads((BUNDLED / "metrics.json").read_text())["answering"]
     rows = recorded_predictions(BUNDLED, "shifted_validation")
     labels = np.array([r["label"] == "PNEUMONIA" for r in rows], dtype=int)
     p = np.array([r["p_pneumonia"] for r in rows])
-    assert config["uncertain_band"] == choose_uncertain_band(labels, p, config["threshold"]) > 0
-    assert metrics["shifted_validation"]["answered_accuracy"] >= 0.97
-    assert pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").uncertain_band == config["uncertain_band"]
+    levels, default = levels_from_config(config)
+    assert default == 0.97 and list(levels) == list(ANSWER_LEVELS)
+    for level, cutoffs in levels.items():
+        assert cutoffs == choose_cutoffs(labels, p, config["threshold"], level)
+        shifted = selective_metrics(labels, p, cutoffs)
+        assert metrics["levels"][f"{level:g}"]["shifted_validation"]["coverage"] == pytest.approx(shifted["coverage"])
+        for side in ("normal", "pneumonia"):  # the guarantee, at each side that answers
+            assert shifted[side]["answered"] == 0 or shifted[side]["error_bound"] <= 1 - level + 1e-12
+    assert levels[0.97].normal_at_most is not None and levels[0.97].pneumonia_at_least is not None  # both sides answer
+    assert pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").levels == levels
 
 
 def test_the_private_modes_word_templates_give_the_pages_words_for_every_outcome(bundled_app):
@@ -97,14 +174,14 @@ def test_the_private_modes_word_templates_give_the_pages_words_for_every_outcome
 
     classifier = bundled_app.classifier
     templates = words.browser_templates(classifier)
-    t, w = classifier.threshold, classifier.uncertain_band
-    for p in (0.02, t - w - 0.01, t - w / 2, t, t + w / 2, t + w + 0.01, 0.98):
+    cutoffs = classifier.cutoffs()
+    low, high = cutoffs.normal_at_most, cutoffs.pneumonia_at_least
+    for p in (0.001, low, low + 0.01, classifier.threshold, high - 0.01, high, 0.999):
         for verdict in (Verdict(), Verdict("caution", "adult")):
-            reading = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, verdict)
+            reading = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, verdict, int(cutoffs.sides([p])[0]), cutoffs.level)
             adult = "_adult" if reading.adult else ""
-            template = (templates[f"uncertain{adult}"] if reading.uncertain
-                        else templates[f"answer{adult}"][classifier.decide(reading.probabilities)])
+            template = (templates[f"uncertain{adult}"] if reading.uncertain else templates[f"answer{adult}"][reading.decision])
             assert template.replace(templates["p_slot"], f"{p:.3f}") == bundled_app.decision(reading)
     for kind in REASONS:
-        reading = classifier._reading({"NORMAL": 0.5, "PNEUMONIA": 0.5}, Verdict("refuse", kind))
+        reading = classifier._reading({"NORMAL": 0.5, "PNEUMONIA": 0.5}, Verdict("refuse", kind), UNCERTAIN, cutoffs.level)
         assert templates["refuse"][kind] == bundled_app.decision(reading)

@@ -29,7 +29,7 @@ from train.gate import fit as gate_fit
 from train.config import TrainConfig, parse_config
 from train.export.card import write_card
 from train.export.folder import write_model_folder, write_predictions
-from train.evaluate.uncertain import write_uncertain_band
+from train.evaluate.uncertain import write_answer_cutoffs
 from train.export.onnx import export_from_splits, parity_summary
 from train.publish.hub import require_token
 from train.predict import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
@@ -168,7 +168,7 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
     write_predictions(output_dir / "predictions.csv", {
         name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
     })
-    write_uncertain_band(output_dir)  # from predictions.csv: rule 6 on shifted validation
+    write_answer_cutoffs(output_dir)  # from predictions.csv: rule 7 on shifted validation
     if config.ood_gate:  # before the ONNX export, whose files carry the gate's features
         accelerator.print(gate_fit.summary(gate_fit.fit_folder(output_dir, splits, dataclasses.asdict(config),
                                                                config.batch_size, config.num_workers)))

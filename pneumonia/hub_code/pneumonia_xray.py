@@ -8,9 +8,10 @@ the from-scratch CNN), so nothing of the ``pneumonia`` package is needed here. P
 would be silently wrong on these folders: it skips the X-ray intensity standardisation and the
 calibration temperature, and runs the float16 weights in float16.
 
-The pipeline gives scores only: the project's decision is PNEUMONIA when its score reaches
-``model.config.threshold`` (not 0.5, so not always the top label). It has no out-of-distribution
-gate (a CT or a photo gets an answer too) and reads no DICOM.
+The pipeline gives scores only: the project answers PNEUMONIA when P(PNEUMONIA) reaches the
+``pneumonia_at_least`` of ``model.config.answer_cutoffs`` at ``answer_level``, NORMAL when it is at
+or below ``normal_at_most``, and UNCERTAIN between (not the top label). It has no
+out-of-distribution gate (a CT or a photo gets an answer too) and reads no DICOM.
 """
 from __future__ import annotations
 
@@ -37,7 +38,10 @@ class PneumoniaXrayConfig(TimmWrapperConfig):
     model_type = "pneumonia_xray"
 
     temperature: float = 1.0        # calibration: probabilities = softmax(logits / temperature)
-    threshold: float = 0.5          # PNEUMONIA when its calibrated probability reaches it
+    threshold: float = 0.5          # the operating threshold on the calibrated P(PNEUMONIA)
+    answer_level: float | None = None        # the level of answered accuracy the project's app answers at
+    answer_cutoffs: list | None = None       # per level: NORMAL when P <= normal_at_most, PNEUMONIA when
+                                             # P >= pneumonia_at_least, UNCERTAIN between (null: no film)
     xray_preprocessing: dict | None = None
 
 

@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 
 from train.config import split_seed_of
 from train.export.folder import read_predictions
-from train.metrics import choose_uncertain_band, selective_metrics
+from train.metrics import DEFAULT_ANSWER_LEVEL, choose_cutoffs, selective_metrics
 
 SHIPPED = ("model.safetensors", "model.int8.onnx", "ood.safetensors", "ood.onnx-int8.safetensors")
 VALIDATION = ("validation", "shifted_validation")
@@ -43,11 +43,12 @@ class Row:
 
     def figures(self) -> dict:
         auc = {split: roc_auc_score(self.labels[split], self.p[split]) for split in VALIDATION}
-        band = choose_uncertain_band(self.labels["shifted_validation"], self.p["shifted_validation"], self.threshold)
-        at_band = selective_metrics(self.labels["shifted_validation"], self.p["shifted_validation"], self.threshold, band)
+        shifted = self.labels["shifted_validation"], self.p["shifted_validation"]
+        cutoffs = choose_cutoffs(*shifted, self.threshold, DEFAULT_ANSWER_LEVEL)  # rule 7, at the default level
+        at_cutoffs = selective_metrics(*shifted, cutoffs)
         return {"val": auc["validation"], "shifted": auc["shifted_validation"],
                 "mean": (auc["validation"] + auc["shifted_validation"]) / 2,
-                "gap": auc["validation"] - auc["shifted_validation"], "band": band, "coverage": at_band["coverage"]}
+                "gap": auc["validation"] - auc["shifted_validation"], "cutoffs": cutoffs, "coverage": at_cutoffs["coverage"]}
 
 
 def run_row(folder: Path) -> Row:
@@ -137,12 +138,12 @@ def megabytes(folder: Path) -> float:
 
 def table(rows: list[Row]) -> str:
     lines = [f"Machine: {platform.processor() or platform.machine()}, {_cpu_name()}",
-             "| recipe | val ROC-AUC | shifted val ROC-AUC | mean | gap | uncertain band (shifted val) | coverage there "
+             "| recipe | val ROC-AUC | shifted val ROC-AUC | mean | gap | answer cut-offs (shifted val, 97%) | coverage there "
              "| train min | int8 ms/film | MB |", "|" + "---|" * 10]
     for row in rows:
         f = row.figures()
         lines.append(f"| {row.name} | {f['val']:.4f} | {f['shifted']:.4f} | {f['mean']:.4f} | {f['gap']:.4f} | "
-                     f"±{f['band']:.3f} | {f['coverage']:.3f} | {row.train_minutes:.0f} | {row.int8_ms:.1f} | {row.megabytes:.1f} |")
+                     f"{_cut(f['cutoffs'].normal_at_most)} / {_cut(f['cutoffs'].pneumonia_at_least)} | {f['coverage']:.3f} | {row.train_minutes:.0f} | {row.int8_ms:.1f} | {row.megabytes:.1f} |")
     return "\n".join(lines)
 
 
@@ -161,6 +162,10 @@ def main() -> None:
     args = parser.parse_args()
     rows = [run_row(f) for f in args.runs] + [tta_row(f) for f in args.tta] + [ensemble_row(fs) for fs in args.ensemble]
     print(table(rows))
+
+
+def _cut(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
     p = p_positive(logits, classifier.temperature)
     found = {
         **binary_metrics(labels, p, classifier.threshold),
-        **selective_metrics(labels, p, classifier.threshold, classifier.uncertain_band),  # the "uncertain" outcome
+        **selective_metrics(labels, p, classifier.cutoffs()),  # answered or "uncertain", at the default level
         "skipped_unreadable": len(skipped),
         "threshold": classifier.threshold,
         "gradcam_central_share": gradcam_central_share(accelerator.unwrap_model(model), images),  # all, and per label

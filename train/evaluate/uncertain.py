@@ -1,13 +1,16 @@
-"""The "uncertain" outcome of a model folder: its band around the threshold, chosen on shifted
-validation by rule 6 of docs/choices.md, and what it costs in coverage.
+"""When a model folder answers: its two cut-offs per level of answered accuracy, chosen on shifted
+validation by rule 7 of docs/choices.md, and what they cost in coverage.
 
     python -m train.evaluate.uncertain runs/resnet18_half   # training runs this itself
 
-Films whose calibrated P(PNEUMONIA) lies within [t - w, t + w] are answered "uncertain: needs a
-radiologist's read". w is the narrowest on a 0.005 grid for which the films answered on the
-shifted validation reach 97% accuracy. From the folder's predictions.csv this writes
-``uncertain_band`` into config.json (the app and ``Classifier.read`` apply it), and coverage and
-accuracy among answered films per split into metrics.json; the card draws risk_coverage.png.
+A film is answered NORMAL when its calibrated P(PNEUMONIA) <= l, PNEUMONIA when P >= u, and
+"uncertain: needs a radiologist's read" in between. For each level (95, 97, 99% answered
+accuracy), each side's cut-off is the widest for which that side's answered shifted validation
+films are wrong at most (1 - level) of the time, by the exact binomial test at 95% confidence
+per side, searched in a fixed sequence (Learn-then-Test). From the folder's predictions.csv this
+writes ``answer_cutoffs`` and ``answer_level`` into config.json (the app and
+``Classifier.read`` apply them) and, per split and level, coverage and accuracy among answered
+films, overall and per side, into metrics.json; the card draws risk_coverage.png.
 """
 from __future__ import annotations
 
@@ -17,41 +20,68 @@ from pathlib import Path
 
 from train.export.card import SPLIT_TITLES, write_card
 from train.export.folder import read_predictions
-from train.metrics import ANSWERED_ACCURACY_TARGET, choose_uncertain_band, selective_metrics
+from train.metrics import (ANSWER_LEVELS, ANSWER_RULE, DEFAULT_ANSWER_LEVEL, SIDE_CONFIDENCE, choose_cutoffs,
+                           coverage_tradeoff, selective_metrics)
+
+CHOSEN_ON = "shifted_validation"
 
 
-def write_uncertain_band(folder: Path) -> dict:
-    """Choose the band from predictions.csv, write it to config.json and metrics.json."""
+def write_answer_cutoffs(folder: Path) -> dict:
+    """Choose the cut-offs from predictions.csv; write them to config.json, their figures to
+    metrics.json. Returns metrics.json's "answering"."""
     folder = Path(folder)
     predictions = read_predictions(folder / "predictions.csv")
     config = json.loads((folder / "config.json").read_text())
     threshold = float(config["threshold"])
-    band = choose_uncertain_band(*predictions["shifted_validation"], threshold)
-    config["uncertain_band"] = band
+    levels = [choose_cutoffs(*predictions[CHOSEN_ON], threshold, level) for level in ANSWER_LEVELS]
+    config.pop("uncertain_band", None)  # the symmetric band these replace
+    config.update(answer_level=DEFAULT_ANSWER_LEVEL, answer_cutoffs=[cutoffs.to_config() for cutoffs in levels])
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
     metrics = json.loads((folder / "metrics.json").read_text())
-    found = {split: selective_metrics(labels, p, threshold, band) for split, (labels, p) in predictions.items()}
-    for split, numbers in found.items():
-        metrics.setdefault(split, {}).update(numbers)
-    metrics["uncertain_band"] = band
-    metrics["uncertain_rule"] = (f"narrowest band around the threshold for which the films answered on shifted "
-                                 f"validation reach {ANSWERED_ACCURACY_TARGET:.0%} accuracy")
+    found = {f"{cutoffs.level:g}": {split: selective_metrics(labels, p, cutoffs) for split, (labels, p) in predictions.items()}
+             for cutoffs in levels}
+    for split, numbers in found[f"{DEFAULT_ANSWER_LEVEL:g}"].items():
+        metrics.setdefault(split, {}).update(numbers)  # the default level's figures beside each split's metrics
+    for stale in ("uncertain_band", "uncertain_rule"):
+        metrics.pop(stale, None)
+    metrics["answering"] = {"rule": ANSWER_RULE, "chosen_on": CHOSEN_ON, "side_confidence": SIDE_CONFIDENCE,
+                            "default_level": DEFAULT_ANSWER_LEVEL, "levels": found,
+                            "tradeoff": coverage_tradeoff(*predictions[CHOSEN_ON], threshold)}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return found
+    return metrics["answering"]
+
+
+def print_report(answering: dict) -> None:
+    for level, splits in answering["levels"].items():
+        normal, pneumonia = next(iter(splits.values()))["cutoffs"]
+        print(f"level {level}{' (default)' if float(level) == answering['default_level'] else ''}: "
+              f"NORMAL when P <= {_cut(normal)}, PNEUMONIA when P >= {_cut(pneumonia)}")
+        for split, m in splits.items():
+            sides = ", ".join(f"{name} {m[name]['answered']} answered, {m[name]['accuracy']:.3f} right "
+                              f"(bound on error {m[name]['error_bound']:.3f})" for name in ("normal", "pneumonia"))
+            print(f"  {SPLIT_TITLES.get(split, split)}: coverage {m['coverage']:.3f}, accuracy among answered "
+                  f"{m['answered_accuracy']:.3f} ({m['uncertain']} uncertain); {sides}")
+    print(f"coverage on {SPLIT_TITLES[CHOSEN_ON]} by allowed error per side (rows) and confidence per side (columns):")
+    confidences = sorted({row["confidence"] for row in answering["tradeoff"]})
+    print("  error  " + "  ".join(f"{c:>5.0%}" for c in confidences))
+    for error in sorted({row["error"] for row in answering["tradeoff"]}):
+        cells = {row["confidence"]: row["coverage"] for row in answering["tradeoff"] if row["error"] == error}
+        print(f"  {error:>5.0%}  " + "  ".join(f"{cells[c]:>5.3f}" for c in confidences))
+
+
+def _cut(value: float | None) -> str:
+    return "(none: no film)" if value is None else f"{value:.3f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a model folder written by `python -m train` (with predictions.csv)")
     args = parser.parse_args()
-    found = write_uncertain_band(args.folder)
-    if (args.folder / "README.md").is_file():  # the card shows the band, its coverage and the risk-coverage plot
+    answering = write_answer_cutoffs(args.folder)
+    if (args.folder / "README.md").is_file():  # the card shows the cut-offs, their coverage and the risk-coverage plot
         write_card(args.folder)
-    band = json.loads((args.folder / "config.json").read_text())["uncertain_band"]
-    print(f"uncertain band: threshold ± {band:.3f}")
-    for split, numbers in found.items():
-        print(f"{SPLIT_TITLES.get(split, split)}: coverage {numbers['coverage']:.3f}, "
-              f"accuracy among answered {numbers['answered_accuracy']:.3f} ({numbers['uncertain']} uncertain)")
+    print_report(answering)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
 from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
 from train.export.folder import LICENSE, read_predictions  # noqa: E402
-from train.metrics import ANSWERED_ACCURACY_TARGET, THRESHOLD_RULES, risk_coverage, selective_metrics  # noqa: E402
+from pneumonia.answering import levels_from_config  # noqa: E402
+from train.metrics import THRESHOLD_RULES, risk_coverage, selective_metrics  # noqa: E402
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "model_card.md"
 CARD_METRICS = {"f1": "F1", "precision": "Precision", "recall": "Recall (sensitivity)", "specificity": "Specificity",
@@ -65,7 +66,8 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         label_smoothing=config.get("label_smoothing", 0.0),
         gradcam_share=metrics.get("gradcam_central_share", {}).get("validation"),
         heatmap=metrics.get("gradcam_central_share", {}).get("method", "Grad-CAM of the last feature map"),
-        uncertain_band=model_config.get("uncertain_band", 0.0),
+        answering=metrics.get("answering"),
+        uncertain_band=model_config.get("uncertain_band", 0.0),  # a folder from before the answer levels
         onnx=metrics.get("onnx"),
         ood=metrics.get("ood"),
         ood_config=model_config.get("ood"),
@@ -112,9 +114,11 @@ def write_card(folder: Path, repo_id: str | None = None, space_id: str | None = 
     metrics = json.loads((folder / "metrics.json").read_text())
     plot_confusion_matrix(metrics["test"]["confusion_matrix"], folder / "confusion_matrix.png")
     plot_roc(folder / "predictions.csv", folder / "roc_curve.png")
-    band = json.loads((folder / "config.json").read_text()).get("uncertain_band")
-    if band is not None:
-        plot_risk_coverage(read_predictions(folder / "predictions.csv"), metrics["threshold"], band, folder / "risk_coverage.png")
+    model_config = json.loads((folder / "config.json").read_text())
+    if "answer_cutoffs" in model_config or "uncertain_band" in model_config:
+        levels, default = levels_from_config(model_config)
+        plot_risk_coverage(read_predictions(folder / "predictions.csv"), metrics["threshold"], levels, default,
+                           folder / "risk_coverage.png")
     render_card(folder, repo_id, space_id, dataset_id).save(folder / "README.md")
 
 
@@ -149,16 +153,27 @@ def plot_roc(predictions: Path, path: Path, splits: tuple[str, ...] = tuple(SPLI
     plt.close(fig)
 
 
-def plot_risk_coverage(predictions: dict, threshold: float, band: float, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(4.4, 3.6))
+def plot_risk_coverage(predictions: dict, threshold: float, levels: dict, default, path: Path) -> None:
+    """Accuracy among answered films against coverage, films most likely right answered first; a
+    marker where each level's cut-offs (``levels``, by level) answer on each split, the default's
+    a dot."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    shapes = iter("s^vD")
+    markers = {level: "o" if level == default else next(shapes, "x") for level in levels}
     for split, (labels, p) in predictions.items():
         coverage, accuracy = risk_coverage(labels, p, threshold)
         line, = ax.plot(coverage, accuracy, label=SPLIT_TITLES.get(split, split))
-        at = selective_metrics(labels, p, threshold, band)
-        ax.plot([at["coverage"]], [at["answered_accuracy"]], "o", color=line.get_color())
-    ax.axhline(ANSWERED_ACCURACY_TARGET, color="grey", linestyle=":")
+        for level, cutoffs in levels.items():
+            at = selective_metrics(labels, p, cutoffs)
+            if at["uncertain"] < len(labels):  # a level that answers no film has no point
+                ax.plot([at["coverage"]], [at["answered_accuracy"]], markers[level], color=line.get_color())
+    names = ", ".join(f"{level:.0%} none answered" if levels[level].band == [None, None] else
+                      f"{'dot' if m == 'o' else {'s': 'square', '^': 'triangle'}.get(m, m)} {level:.0%}"
+                      for level, m in markers.items() if level is not None)
     ax.set(xlabel="coverage (share of films answered)", ylabel="accuracy among answered films",
-           title=f"Risk-coverage; dots: band ±{band:.3f}", ylim=(0.8, 1.001))
+           ylim=(0.8, 1.001))
+    ax.set_title(f"Risk-coverage; the answer levels: {names}" if names else "Risk-coverage; dots: the band",
+                 fontsize=9)
     ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -141,9 +141,9 @@ def adult_films(classifier: pneumonia.Classifier, scope_set: scope.ScopeSet) -> 
              if category == "adult_frontal" and finding == "normal"]
     if not films:
         return None
-    decisions = [classifier.decide(classifier.predict(pneumonia.open_image(image))) for image in films]
-    return {"films": len(films), "finding": "normal",
-            "called_pneumonia": float(np.mean([d == pneumonia.POSITIVE_LABEL for d in decisions]))}
+    p = [classifier.predict(pneumonia.open_image(image))[pneumonia.POSITIVE_LABEL] for image in films]
+    return {"films": len(films), "finding": "normal",  # called PNEUMONIA at the operating threshold
+            "called_pneumonia": float(np.mean(np.array(p) >= classifier.threshold))}
 
 
 def probe_report(classifier: pneumonia.Classifier) -> list[dict]:

@@ -58,7 +58,8 @@ function render(file, found) {
   const title = document.createElement("h3");
   title.textContent = `${heading} — ${file.name}`;
   card.append(title);
-  if (found.probabilities) card.append(bars(found.probabilities));
+  // No bars on a refusal, as on the server: probabilities of an image the model cannot judge look like an answer.
+  if (found.probabilities && found.outcome !== "refuse") card.append(bars(found.probabilities));
   for (const line of lines.filter((l) => l.trim())) {
     const block = document.createElement(line.startsWith("> ") ? "blockquote" : "p");
     block.textContent = line.replace(/^> /, "").replaceAll("**", "");

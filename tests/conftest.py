@@ -197,18 +197,19 @@ def recorded_predictions(folder: Path, split: str) -> list[dict]:
         return [{**row, "p_pneumonia": float(row["p_pneumonia"])} for row in csv.DictReader(f) if row["split"] == split]
 
 
-def clear_films(folder: Path, split: str = "test", margin: float = 0.7) -> list[dict]:
+def clear_films(folder: Path, split: str = "test", margin: float = 0.7, cutoffs=None) -> list[dict]:
     """Recorded films whose P(PNEUMONIA) lies at least ``margin`` in log-odds from the folder's
     answer cut-offs at its default level (``pneumonia.answering``), each with the verdict it must
     get ("expected"): NORMAL at or below the NORMAL cut-off, PNEUMONIA at or above the PNEUMONIA
     one, "UNCERTAIN" between. The margin is twice the largest int8 drift, so every backend must
     agree: 0.345 in log-odds on the bundled model's 624 test films. In log-odds, not in P, because
     the cut-offs sit near 0 and 1 (0.05, 0.89), where int8 moves P by little but the log-odds as
-    much as anywhere."""
+    much as anywhere. ``cutoffs`` (a ``pneumonia.answering.Cutoffs``) stands in for the folder's."""
     from pneumonia.answering import levels_from_config
 
-    levels, default = levels_from_config(json.loads((folder / "config.json").read_text()))
-    cutoffs = levels[default]
+    if cutoffs is None:
+        levels, default = levels_from_config(json.loads((folder / "config.json").read_text()))
+        cutoffs = levels[default]
     lower = -math.inf if cutoffs.normal_at_most is None else log_odds(cutoffs.normal_at_most)
     upper = math.inf if cutoffs.pneumonia_at_least is None else log_odds(cutoffs.pneumonia_at_least)
     found = []

@@ -55,7 +55,7 @@ def _heading(decision: str) -> str:
 def test_films_clearly_on_one_side_get_that_verdict_from_the_classifier_and_the_app(
         bundled, bundled_test_films, bundled_readings, bundled_app, data_dir):
     clear = clear_films(BUNDLED)
-    assert {row["expected"] for row in clear} == {"NORMAL", "PNEUMONIA", "UNCERTAIN"} and len(clear) >= 450  # 513 of 624
+    assert {row["expected"] for row in clear} == {"NORMAL", "PNEUMONIA", "UNCERTAIN"} and len(clear) >= 450  # 490 of 624
     reading_of = dict(zip((row["file"] for row in bundled_test_films[0]), bundled_readings["pytorch"]))
     for row in clear:
         reading = reading_of[row["file"]]

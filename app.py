@@ -208,23 +208,19 @@ def check_uploads(image: list[str | None]) -> list[list[dict]]:
 
 
 def _asked_level(value) -> float | None:
-    """The answer level an API caller asked for (a number, or its text); None for the default."""
+    """The answer level an API caller asked for (a number, or its text); None for the default.
+    One the folder lacks fails with ``Classifier.cutoffs``'s message, which names its levels."""
     if value is None or value == "":
         return None
     try:
-        level = float(value)
+        value = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(_level_message(value)) from None
-    if level not in classifier.levels:
-        raise gr.Error(_level_message(value))
-    return level
-
-
-def _level_message(value) -> str:
-    offered = ", ".join(f"{known:g}" for known in classifier.levels if known is not None)
-    return (f"level {value!r}: this model answers at {offered} (the share of each side's answers that must be right); "
-            f"leave it out for the default, {classifier.level:g}" if offered else
-            f"level {value!r}: this model has one answer level only; leave the level out")
+        pass  # not a number: the message below names the levels there are
+    try:
+        classifier.cutoffs(value)
+    except UsageError as err:
+        raise gr.Error(str(err)) from None
+    return value
 
 
 def _read_batched_verdicts() -> None:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,8 +21,6 @@ from pneumonia.pixels import INTENSITY_CHOICES, crop_borders, standardise_intens
 
 if TYPE_CHECKING:
     from torch import nn
-
-    from train.augment import Augment
 
 _GREY_CONVERTIBLE = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV"}
 
@@ -183,8 +181,17 @@ def data_config_of(model: nn.Module) -> dict[str, Any]:
     return timm.data.resolve_model_data_config(model)
 
 
+class Augmentation(Protocol):
+    """Random training steps (``train.augment.Augment``): PIL steps at the input size, then tensor steps."""
+
+    def image_steps(self, size: int) -> list[Callable]: ...
+
+    def tensor_steps(self) -> list[Callable]: ...
+
+
 def build_transform(
-    data_config: dict[str, Any], preprocessing: XrayPreprocessing = XrayPreprocessing(), *, augment: Augment | None = None
+    data_config: dict[str, Any], preprocessing: XrayPreprocessing = XrayPreprocessing(), *,
+    augment: Augmentation | None = None,
 ) -> Callable:
     """PIL image of any mode -> normalised tensor; with ``augment``, the training variant.
 
@@ -193,16 +200,26 @@ def build_transform(
     lets the model see what every input will look like once standardised. Without ``augment``
     it gives the pixels of ``pneumonia.pixels.preprocess``, bit for bit (a test holds them).
     """
-    import timm.data
     from torchvision import transforms as T
+
+    fixed, rest = transform_steps(data_config, preprocessing, augment=augment)
+    return T.Compose([*fixed, *rest])
+
+
+def transform_steps(
+    data_config: dict[str, Any], preprocessing: XrayPreprocessing = XrayPreprocessing(), *,
+    augment: Augmentation | None = None,
+) -> tuple[list[Callable], list[Callable]]:
+    """``build_transform``'s steps in two parts: the fixed ones up to the resized image (mode,
+    border crop, resize), the same with or without ``augment``, and the rest. Several draws of one
+    image decode and resize it once."""
+    import timm.data
 
     steps = list(timm.data.create_transform(**data_config, is_training=False).transforms)
     to_tensor = next(i for i, s in enumerate(steps) if type(s).__name__ in ("MaybeToTensor", "ToTensor"))
     image_steps = augment.image_steps(data_config["input_size"][-1]) if augment else []
     if preprocessing.intensity != "none":
         image_steps.append(partial(standardise_intensity, method=preprocessing.intensity))
-    steps[to_tensor:to_tensor] = image_steps
-    if augment:
-        steps += augment.tensor_steps()
+    rest = [*image_steps, *steps[to_tensor:], *(augment.tensor_steps() if augment else [])]
     first = [to_model_mode] + ([crop_borders] if preprocessing.crop_borders else [])
-    return T.Compose([*first, *steps])
+    return [*first, *steps[:to_tensor]], rest

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 
@@ -89,10 +90,31 @@ def scope_set():
 
 
 @pytest.fixture(scope="session")
-def small_scope(scope_set, tmp_path_factory) -> Path:
+def opened_scope(scope_set) -> list:
+    """Each scope image opened once for the session (PIL), or None where it is unreadable."""
+    import pneumonia
+    from pneumonia.preprocessing import UnreadableImage
+
+    opened = []
+    for image in scope_set.images:
+        try:
+            opened.append(pneumonia.open_image(image))
+        except UnreadableImage:
+            opened.append(None)
+    return opened
+
+
+@pytest.fixture(scope="session")
+def small_scope(scope_set) -> Path:
     """A scope folder of 3 real images from each source (symlinks and their provenance rows): what
     the CLI runs of the suite fit their gates on, in seconds rather than minutes."""
-    folder = tmp_path_factory.mktemp("scope")
+    return _small_scope()
+
+
+@cache
+def _small_scope() -> Path:
+    folder = Path(_session_dir()) / "scope"
+    folder.mkdir()
     with (SCOPE / "provenance.csv").open() as f:
         rows = list(csv.DictReader(f))
     kept, per_source = [], {}
@@ -107,6 +129,12 @@ def small_scope(scope_set, tmp_path_factory) -> Path:
         writer.writeheader()
         writer.writerows(kept)
     return folder
+
+
+@cache
+def _session_dir() -> str:
+    """A folder for what the session builds before its fixtures run (removed at its end)."""
+    return tempfile.mkdtemp(prefix="pneumonia-tests-")
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +166,19 @@ def run_cli(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m", "trai
     )
 
 
+def call_cli(main, capsys, *args: str) -> subprocess.CompletedProcess:
+    """A CLI's ``main(argv)`` in this process, as ``run_cli`` runs it in a new one but without the
+    interpreter's start-up (seconds of imports): its exit status and what it printed."""
+    capsys.readouterr()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, printed.out, printed.err)
+
+
 def link_subset(source: Path, target: Path, per_class: int, splits=("train", "test")) -> Path:
     """A Kaggle-layout folder of symlinks to the first real images (nothing is copied)."""
     for split in splits:
@@ -157,11 +198,16 @@ TRAINED_ARGS = ("--model", "cnn", "--image-size", "64", "--epochs", "4", "--max-
                 "--intensity", "clahe", "--crop-borders")
 
 
+def pytest_sessionfinish(session):
+    if _session_dir.cache_info().currsize:
+        shutil.rmtree(_session_dir(), ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def trained_model(data_dir, small_scope, tmp_path_factory) -> Path:
+def trained_model(data_dir, small_scope) -> Path:
     """A model folder written by `python -m train` on real films. Shared by the whole session:
     read it, never write into it (take ``trained_copy`` for that)."""
-    out = tmp_path_factory.mktemp("trained") / "cnn"
+    out = Path(_session_dir()) / "trained" / "cnn"
     result = run_cli(*TRAINED_ARGS, "--scope-data", str(small_scope), "--dataset", str(data_dir), "--output-dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     return out

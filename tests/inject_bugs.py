@@ -61,6 +61,13 @@ BUGS = {
                              "the private mode sends the film to the server"),
     "unbounded-sessions": ("app.py", "state_session_capacity=SESSIONS_KEPT, ", "",
                            "a Space keeps every API call's session and grows by about 45 KB a call"),
+    "import-circle": ("train/gate/fit.py", "from train.sweep import Outputs\n",
+                      "from train.sweep import Outputs\nfrom train import post_training  # noqa: F401\n",
+                      "two modules import each other: which one loads first decides what the other sees"),
+    "upward-import": ("pneumonia/preprocessing.py", "    from torch import nn\n", "    from torch import nn\n\n    from train.augment import Augment  # noqa: F401\n",
+                      "the installed package names training's code, which the wheel does not ship"),
+    "log-every-read": ("train/data.py", "if problem and problem not in _LOGGED:", "if problem:",
+                       "an unreadable image is logged again at every epoch, draw and model that reads it"),
     "ci-skips-quietly": ("tests/conftest.py", 'ON_CI = os.environ.get("CI", "")', 'ON_CI = False and os.environ.get("CI", "")',
                          "CI passes with the data folder missing"),
 }

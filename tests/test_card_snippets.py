@@ -36,16 +36,22 @@ def _snippets(card: str) -> list[str]:
     return [block for block in re.findall(r"```python\n(.*?)```", card, flags=re.S) if "gradio_client" not in block]
 
 
-def _run(root, code: str, names: list[str]) -> dict:
-    """``code`` as written, in a fresh interpreter, offline; then the values of ``names`` as JSON."""
+def _start(root, code: str, names: list[str]) -> tuple[str, subprocess.Popen]:
+    """``code`` as written, in a fresh interpreter, offline, that prints the values of ``names``
+    as JSON; started, not awaited (``_result``), so that the snippets run side by side."""
     dump = "\nimport json as _j, numpy as _n\nprint(_j.dumps({k: (_n.asarray(v).tolist() if not isinstance(v, (dict, str)) " \
            "else v) for k, v in ((k, globals()[k]) for k in " + repr(names) + ")}))\n"
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(root),
            "PYTHONPATH": str(BUNDLED_MODEL.parents[1]), "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run([sys.executable, "-c", code + dump], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, code + "\n" + done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return code, subprocess.Popen([sys.executable, "-c", code + dump], cwd=root, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+
+
+def _result(started: tuple[str, subprocess.Popen]) -> dict:
+    code, process = started
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, code + "\n" + stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def test_the_cards_snippets_give_the_projects_answer(published):
@@ -57,15 +63,17 @@ def test_the_cards_snippets_give_the_projects_answer(published):
     threshold = json.loads((folder / "config.json").read_text())["threshold"]
     package, with_transformers, with_onnxruntime, with_timm = _snippets((folder / "README.md").read_text())
 
-    found = _run(root, package + "\nprobabilities = reading.probabilities\noutcome = reading.outcome\n",
-                 ["probabilities", "outcome"])
+    started = [_start(root, package + "\nprobabilities = reading.probabilities\noutcome = reading.outcome\n",
+                      ["probabilities", "outcome"]),
+               _start(root, with_transformers, ["scores", "decision"]),
+               *(_start(root, plain, ["p"]) for plain in (with_onnxruntime, with_timm))]  # fp32 ONNX, safetensors
+    found = _result(started[0])
     assert found["probabilities"]["PNEUMONIA"] == pytest.approx(int8.probabilities["PNEUMONIA"], abs=1e-6)
     assert found["outcome"] == int8.outcome
 
-    found = _run(root, with_transformers, ["scores", "decision"])
+    found = _result(started[1])
     assert found["scores"]["PNEUMONIA"] == pytest.approx(exact, abs=1e-5)
     assert found["decision"] == ("PNEUMONIA" if exact >= threshold else "NORMAL")
 
-    for plain in (with_onnxruntime, with_timm):  # fp32 model.onnx, and the safetensors weights
-        found = _run(root, plain, ["p"])
-        assert np.asarray(found["p"])[0, 1] == pytest.approx(exact, abs=1e-5)
+    for plain in started[2:]:
+        assert np.asarray(_result(plain)["p"])[0, 1] == pytest.approx(exact, abs=1e-5)

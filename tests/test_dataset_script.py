@@ -35,10 +35,11 @@ def test_parquet_splits_by_patient_with_labels(built):
     assert set(from_folder["validation"]["patient_id"]) == set(dataset["validation"]["patient_id"])
 
 
+@pytest.mark.slow
 def test_training_runs_on_the_built_dataset(built, tmp_path):
     _, output = built
     result = run_cli("--model", "cnn", "--dataset", str(output), "--output-dir", str(tmp_path / "run"),
-                     "--epochs", "1", "--batch-size", "16", "--image-size", "96", "--num-workers", "0", "--no-ood-gate")
+                     "--epochs", "1", "--batch-size", "16", "--image-size", "96", "--num-workers", "0", "--no-ood-gate", "--no-export-onnx")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 60 and metrics["train_images"] + metrics["validation"]["n"] == 60

@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 import pneumonia
-from tests.conftest import link_subset, run_cli
+from tests.conftest import call_cli, link_subset, run_cli
 from train.shift import dicom_bytes
 
 pytestmark = pytest.mark.slow
@@ -128,14 +128,16 @@ def test_kaggle_folder_split_and_class_folders(trained_model, data_dir, tmp_path
     (lambda d: d.joinpath("gone.csv").write_text("file,label\na.png,NORMAL\n"), ["{d}/gone.csv"],
      "none of its 1 files is a readable image"),
 ])
-def test_bad_input_gets_one_line_error(make, args, message, trained_model, tmp_path):
+def test_bad_input_gets_one_line_error(make, args, message, trained_model, tmp_path, capsys):
+    from train.evaluate.score import main
+
     make(tmp_path)
     args = [a.format(d=tmp_path) for a in args]
     model = str(trained_model)
     if "--model-hub" in args:
         args.remove("--model-hub")
         model, args = "hf-hub:someone/pneumonia", [*args, "--card"]
-    result = run_cli(model, *args, "--output-dir", str(tmp_path / "out"), "--num-workers", "0", launcher=EVALUATE)
+    result = call_cli(main, capsys, model, *args, "--output-dir", str(tmp_path / "out"), "--num-workers", "0")
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and message in lines[-1], result.stderr

@@ -139,9 +139,9 @@ def _checked(raw: datasets.DatasetDict, source: str) -> datasets.DatasetDict:
 
 
 class XrayDataset(torch.utils.data.Dataset):
-    """Rows -> (pixels, label, row index, readable, odd); an unreadable image yields zeros and
-    readable=0. With ``check_images``, ``odd`` says whether the out-of-distribution gate's
-    image checks (colour, blank) refuse the image.
+    """Rows -> (pixels, label, row index, readable, odd, problem); an unreadable image yields zeros,
+    readable=0 and what is wrong with it (``logged_batches`` logs it, once). With ``check_images``,
+    ``odd`` says whether the out-of-distribution gate's image checks (colour, blank) refuse the image.
 
     Keeping the row (instead of dropping it) keeps batch shapes equal across processes, so
     evaluation can gather them; the loss and the metrics ignore rows that are not readable.
@@ -159,7 +159,7 @@ class XrayDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = self.rows[index]
-        odd = False
+        odd, problem = False, ""
         try:
             image = open_image(row["image"])
             if self.perturb is not None:
@@ -167,15 +167,29 @@ class XrayDataset(torch.utils.data.Dataset):
             pixels, readable = self.transform(image), True
             odd = self.check_images and image_check(image) is not None
         except UnreadableImage as err:
-            logger.warning("skipping unreadable image %s", err)
-            pixels, readable = torch.zeros(self.input_size), False
+            pixels, readable, problem = torch.zeros(self.input_size), False, str(err)
         return {
             "pixel_values": pixels,
             "labels": torch.tensor(row["label"]),
             "index": torch.tensor(index),
             "readable": torch.tensor(readable),
             "odd": torch.tensor(odd),
+            "problem": problem,
         }
+
+
+_LOGGED: set[str] = set()
+
+
+def logged_batches(loader):
+    """The loader's batches; each unreadable image among them is logged once per process, however
+    many epochs, draws or models read it (the workers that find it may not live that long)."""
+    for batch in loader:
+        for problem in batch.get("problem", ()):
+            if problem and problem not in _LOGGED:
+                _LOGGED.add(problem)
+                logger.warning("skipping unreadable image %s", problem)
+        yield batch
 
 
 def load_data(source: str, val_fraction: float, seed: int, max_train: int | None, max_eval: int | None) -> datasets.DatasetDict:
@@ -190,6 +204,7 @@ def load_data(source: str, val_fraction: float, seed: int, max_train: int | None
 def make_loaders(
     splits: datasets.DatasetDict, data_config: dict, preprocessing: XrayPreprocessing, augment: Augment,
     batch_size: int, balance: str, num_workers: int, shift_seed: int, check_images: bool = False,
+    shuffle_train: bool = True,
 ) -> dict[str, torch.utils.data.DataLoader]:
     """Shuffled (or class-balanced) augmented train loader; plain, ordered eval loaders,
     among them the shifted validation: the validation films, each with its fixed shift.
@@ -211,7 +226,7 @@ def make_loaders(
     evaluation = build_transform(data_config, preprocessing)
     training = build_transform(data_config, preprocessing, augment=augment)
     return {
-        "train": loader("train", training, shuffle=sampler is None, sampler=sampler, drop_last=False),
+        "train": loader("train", training, shuffle=shuffle_train and sampler is None, sampler=sampler, drop_last=False),
         "validation": loader("validation", evaluation),
         "shifted_validation": loader("validation", evaluation, partial(shifted_film, seed=shift_seed)),
         "test": loader("test", evaluation),

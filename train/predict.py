@@ -8,6 +8,7 @@ import torch
 from pneumonia.gradcam import central_share, grad_cam
 from pneumonia.torch_model import probabilities
 from pneumonia.presets import LABEL_NAMES
+from train.data import logged_batches
 from train.metrics import binary_metrics, choose_threshold, fit_temperature
 
 
@@ -16,7 +17,7 @@ def predict(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray, np.ndar
     """(logits, labels, dataset row indices) for every readable image, from all processes."""
     model.eval()
     parts = []
-    for batch in loader:
+    for batch in logged_batches(loader):
         logits = model(batch["pixel_values"])
         parts.append(accelerator.gather_for_metrics((logits.float(), batch["labels"], batch["index"], batch["readable"])))
     if not parts:

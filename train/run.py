@@ -25,12 +25,11 @@ from train.augment import Augment
 from pneumonia.presets import UsageError, create_model
 from pneumonia.preprocessing import XrayPreprocessing, data_config_of
 from train import checkpoints, data, optim
-from train.gate import fit as gate_fit
 from train.config import TrainConfig, parse_config
 from train.export.card import write_card
 from train.export.folder import write_model_folder, write_predictions
 from train.evaluate.uncertain import write_answer_cutoffs
-from train.export.onnx import export_from_splits, parity_summary
+from train.post_training import Clock, complete_folder
 from train.publish.hub import require_token
 from train.predict import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
 from train.metrics import binary_metrics
@@ -119,7 +118,7 @@ def initial_model(config: TrainConfig) -> torch.nn.Module:
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config) -> dict:
     model.train()
     totals = torch.zeros(3, device=accelerator.device)  # loss sum, readable images, unreadable images
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process)
+    bar = tqdm(data.logged_batches(loader), total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process)
     for batch in bar:
         with accelerator.accumulate(model):
             logits = model(batch["pixel_values"])
@@ -139,22 +138,26 @@ def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, s
 
 def finish(model, eval_loaders, validation_images, splits, accelerator, output_dir, config, state, preprocessing) -> None:
     """Best epoch's weights -> temperature and threshold on clean + shifted validation -> test
-    once -> model folder."""
-    checkpoints.load_best_weights(accelerator, model, output_dir, state)
-    if config.weights_dtype == "float16":
-        round_to_float16(accelerator.unwrap_model(model))  # evaluate the weights that will be shipped
-    checkpoints.check_replicas_agree(accelerator, model)
-    outputs = {name: predict(model, eval_loaders[name], accelerator) for name in VALIDATION_SPLITS}
-    operating_point = choose_operating_point(outputs["validation"], outputs["shifted_validation"], config.threshold_rule)
-    outputs["test"] = predict(model, eval_loaders["test"], accelerator)  # the one look at test
+    once -> model folder, its gate and ONNX files (``train.post_training``), each step timed."""
+    clock = Clock(accelerator.print)
+    with clock.step("evaluate the best epoch"):
+        checkpoints.load_best_weights(accelerator, model, output_dir, state)
+        if config.weights_dtype == "float16":
+            round_to_float16(accelerator.unwrap_model(model))  # evaluate the weights that will be shipped
+        checkpoints.check_replicas_agree(accelerator, model)
+        outputs = {name: predict(model, eval_loaders[name], accelerator) for name in VALIDATION_SPLITS}
+        operating_point = choose_operating_point(outputs["validation"], outputs["shifted_validation"], config.threshold_rule)
+        outputs["test"] = predict(model, eval_loaders["test"], accelerator)  # the one look at test
     if not accelerator.is_main_process:
         return
     threshold, temperature = operating_point["threshold"], operating_point["temperature"]
     p = {name: p_positive(logits, temperature) for name, (logits, _, _) in outputs.items()}
+    with clock.step("Grad-CAM's central share on validation"):
+        shares = gradcam_shares(accelerator.unwrap_model(model), validation_images)
     metrics = {
         **{name: binary_metrics(outputs[name][1], p[name], threshold) for name in outputs},
         **operating_point,
-        "gradcam_central_share": gradcam_shares(accelerator.unwrap_model(model), validation_images),
+        "gradcam_central_share": shares,
         "best_epoch": state.best_epoch + 1,
         "epochs": config.epochs,
         "steps": state.step,
@@ -162,25 +165,25 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
         "train_seconds": round(sum(h["seconds"] for h in state.history), 1),
         "history": state.history,
     }
-    model_config = {**operating_point, **preprocessing.to_config()}
-    write_model_folder(accelerator.unwrap_model(model), output_dir, config, model_config, metrics)
-    rows_of = {"validation": splits["validation"], "shifted_validation": splits["validation"], "test": splits["test"]}
-    write_predictions(output_dir / "predictions.csv", {
-        name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
-    })
-    write_answer_cutoffs(output_dir)  # from predictions.csv: rule 7 on shifted validation
-    if config.ood_gate:  # before the ONNX export, whose files carry the gate's features
-        accelerator.print(gate_fit.summary(gate_fit.fit_folder(output_dir, splits, dataclasses.asdict(config),
-                                                               config.batch_size, config.num_workers)))
-    if config.export_onnx:  # calibrated on training films, parity on test: no choice is made on it
-        found = export_from_splits(output_dir, splits, config.seed, config.batch_size, config.num_workers)
-        accelerator.print(parity_summary(found))
+    with clock.step("model folder, predictions, answer cut-offs"):
+        model_config = {**operating_point, **preprocessing.to_config()}
+        write_model_folder(accelerator.unwrap_model(model), output_dir, config, model_config, metrics)
+        rows_of = {"validation": splits["validation"], "shifted_validation": splits["validation"], "test": splits["test"]}
+        write_predictions(output_dir / "predictions.csv", {
+            name: (data.file_names(rows_of[name], index), labels, p[name]) for name, (_, labels, index) in outputs.items()
+        })
+        write_answer_cutoffs(output_dir)  # from predictions.csv: rule 7 on shifted validation
+    if config.ood_gate or config.export_onnx:  # ONNX calibrated on training films, parity on test: nothing chosen on it
+        complete_folder(output_dir, splits, dataclasses.asdict(config), gate=config.ood_gate, onnx=config.export_onnx,
+                        batch_size=config.batch_size, num_workers=config.num_workers, clock=clock)
     accelerator.print(summary_line("shifted validation", metrics["shifted_validation"]))
     accelerator.print(f"{summary_line('test', metrics['test'])} (threshold {threshold:.3f}, T {temperature:.2f}) -> {output_dir}")
-    if config.push_to_hub:  # renders the card for that repo, then uploads
-        publish(output_dir, config.push_to_hub, private=config.hub_private)
-    else:
-        write_card(output_dir)
+    with clock.step("model card" + (" and push" if config.push_to_hub else "")):
+        if config.push_to_hub:  # renders the card for that repo, then uploads
+            publish(output_dir, config.push_to_hub, private=config.hub_private)
+        else:
+            write_card(output_dir)
+    accelerator.print(f"after training: {sum(clock.seconds.values()):.0f} s in all")
 
 
 def gradcam_shares(model, validation_images) -> dict:

@@ -29,7 +29,7 @@ from train.export.card import plot_confusion_matrix, plot_roc, write_card
 from train.data import XrayDataset, file_names, load_splits
 from train.predict import gradcam_central_share, p_positive, predict
 from train.export.folder import write_predictions
-from train.gate.fit import gate_features
+from train.sweep import gate_features
 from train.metrics import binary_metrics, selective_metrics
 
 OUTCOMES = ("answer", "caution", "refuse")

@@ -37,6 +37,7 @@ OPTIONS = {"refuse": {"C": 0.01, "draws": 0}, "adult": {"C": 0.01, "draws": 0}, 
 # A refusal names the kind when the kind head gives it at least this probability: leave-one-source-out, the
 # named medical kinds were right for 92% of the 156 of 285 refused images it named (README).
 NAMING_CONFIDENCE = 0.8
+MIN_PER_SOURCE = 3  # scope images a quick run's gate reads from each source
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ScopeSet:
     categories: np.ndarray
     sources: np.ndarray
     findings: np.ndarray
+    drawn_from: int | None = None  # images in the whole set, when this is a sample of it
 
     def rows(self) -> list[dict]:
         return [{"image": image, "label": 0} for image in self.images]
@@ -71,6 +73,23 @@ def load_scope(folder: Path | str | None = None) -> ScopeSet | None:
     return ScopeSet(images, np.array([row["category"] for row in rows] + ["photo_or_document"] * len(drawn)),
                     np.array([row["repo"] for row in rows] + [_drawn_source(name) for name, _ in drawn]),
                     np.array([row["label"] for row in rows] + [""] * len(drawn)))
+
+
+def in_proportion(scope_set: ScopeSet, training_films: int, seed: int) -> ScopeSet:
+    """At most as many scope images as the run has training films, at least ``MIN_PER_SOURCE`` from
+    each source, the same share of every source otherwise (seeded): a quick run on a few dozen films
+    fits its gate in seconds, a run on the whole training split on every image."""
+    if training_films >= len(scope_set.images):
+        return scope_set
+    sources = np.unique(scope_set.sources)
+    per_source = max(MIN_PER_SOURCE, training_films // len(sources))
+    rng, keep = np.random.default_rng(seed), []
+    for source in sources:
+        rows = np.flatnonzero(scope_set.sources == source)
+        keep += sorted(rng.permutation(rows)[:per_source].tolist())
+    keep = np.array(sorted(keep))
+    return ScopeSet([scope_set.images[i] for i in keep], scope_set.categories[keep], scope_set.sources[keep],
+                    scope_set.findings[keep], drawn_from=len(scope_set.images))
 
 
 def _drawn_source(name: str) -> str:

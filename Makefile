@@ -54,6 +54,7 @@ bench: setup setup-browser web
 	$(PY) benchmarks/cold_start.py
 	$(PY) benchmarks/parity_anywhere.py
 	$(PY) benchmarks/private_mode.py
+	$(PY) benchmarks/quick_run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache web/node_modules web/vendor

@@ -138,13 +138,15 @@ def test_bad_input_gets_one_line_error(args, message, data_dir, tmp_path, capsys
     assert (tmp_path / "taken" / "config.json").read_text() == "{}"  # nothing of the other run lost
 
 
-def test_resume_after_a_stop_matches_an_uninterrupted_run(data_dir, tmp_path):
+def test_resume_after_a_stop_matches_an_uninterrupted_run(data_dir, tmp_path, capsys):
+    from train.run import main
+
     args = ("--model", "cnn", "--dataset", str(data_dir), *TINY, "--epochs", "3", "--image-size", "96", *BARE)
     _ok(run_cli(*args, "--output-dir", str(tmp_path / "straight")))
     stopped = _ok(run_cli(*args, "--output-dir", str(tmp_path / "resumed"), "--stop-after-epochs", "1"))
     assert "continue with --resume" in stopped.stdout
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
-    changed = run_cli(*args, "--output-dir", str(tmp_path / "resumed"), "--resume", "--lr", "0.5")
+    changed = call_cli(main, capsys, *args, "--output-dir", str(tmp_path / "resumed"), "--resume", "--lr", "0.5")
     assert changed.returncode == 2 and "settings that differ" in changed.stderr
     _ok(run_cli(*args, "--output-dir", str(tmp_path / "resumed"), "--resume"))
 

@@ -103,8 +103,9 @@ def sets_for(gate_features: bool, scope_set) -> tuple[str, ...]:
 def loaders(folder: Path, classifier, splits, scope_set, training: dict, batch_size: int, num_workers: int,
             draws: int | None = None) -> dict:
     """``train.sweep.loaders`` for this folder's preprocessing and the run's augmentation; the
-    scope images with as many augmented draws as the gate's heads read."""
-    draws = max(options["draws"] for options in scope.OPTIONS.values()) if draws is None else draws
+    scope images with as many augmented draws as the gate's heads read, in proportion to the run."""
+    if draws is None:
+        draws = scope.draws_in_proportion(len(splits["train"]), len(scope_set.images) if scope_set else 0)
     augment = Augment(training["shear"], training["zoom"], training["hflip"], training.get("augment", "original"))
     preprocessing = XrayPreprocessing.from_config(json.loads((folder / "config.json").read_text()))
     return sweep.loaders(splits, scope_set.rows() if scope_set else None, classifier.data_config, preprocessing, augment,

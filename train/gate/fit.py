@@ -58,6 +58,7 @@ def gate_report(gate: OodGate, found: Found, classifier: pneumonia.Classifier, s
         features = scope_features(found, scope_set)
         report["scope"] = {"sources": sorted(set(features.sources)), "images": len(features.categories),
                            "drawn_from": scope_set.drawn_from or len(scope_set.images),
+                           "augmented_draws": len(features.scope) - 1,
                            "in_sample": scope.shares(gate.verdicts(features.scope[0]), features.categories)}
         if leave_one_out:
             report["scope"]["leave_one_source_out"] = scope.leave_one_source_out(gate, features)
@@ -90,9 +91,9 @@ def summary(report: dict) -> str:
     lines = [f"gate: {s['pass_rate']:.1%} of {s['films']} {name.replace('_', ' ')} films pass ({s['refused']} refused, "
              f"{s['cautioned']} cautioned)" for name, s in report["splits"].items()]
     if "scope" in report:
-        lines.append(f"gate: fitted with {report['scope']['images']} of the {report['scope']['drawn_from']} scope images"
-                     + (" (at most as many as the run's training films)"
-                        if report["scope"]["images"] < report["scope"]["drawn_from"] else ""))
+        scope_read = report["scope"]
+        lines.append(f"gate: fitted with {scope_read['images']} of the {scope_read['drawn_from']} scope images, "
+                     f"{scope_read['augmented_draws']} augmented draws of each (in proportion to the run's training films)")
     for category, found in report.get("scope", {}).get("leave_one_source_out", {}).items():
         lines.append(f"gate: {category}: {found['refused']:.1%} refused, {found['cautioned']:.1%} cautioned of "
                      f"{found['images']} (leave-one-source-out)")

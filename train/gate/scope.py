@@ -76,9 +76,9 @@ def load_scope(folder: Path | str | None = None) -> ScopeSet | None:
 
 
 def in_proportion(scope_set: ScopeSet, training_films: int, seed: int) -> ScopeSet:
-    """At most as many scope images as the run has training films, at least ``MIN_PER_SOURCE`` from
-    each source, the same share of every source otherwise (seeded): a quick run on a few dozen films
-    fits its gate in seconds, a run on the whole training split on every image."""
+    """About as many scope images as the run has training films: the same share of every source,
+    and at least ``MIN_PER_SOURCE`` from each (seeded). A quick run on a few dozen films fits its
+    gate in seconds; a run on the whole training split, on every image."""
     if training_films >= len(scope_set.images):
         return scope_set
     sources = np.unique(scope_set.sources)
@@ -90,6 +90,13 @@ def in_proportion(scope_set: ScopeSet, training_films: int, seed: int) -> ScopeS
     keep = np.array(sorted(keep))
     return ScopeSet([scope_set.images[i] for i in keep], scope_set.categories[keep], scope_set.sources[keep],
                     scope_set.findings[keep], drawn_from=len(scope_set.images))
+
+
+def draws_in_proportion(training_films: int, scope_images: int) -> int:
+    """Augmented draws of each scope image the heads may read (``OPTIONS``' most), as far as the
+    draws keep the scope's reads within the run's training films: none for a quick run."""
+    most = max(options["draws"] for options in OPTIONS.values())
+    return max(0, min(most, training_films // max(scope_images, 1) - 1))
 
 
 def _drawn_source(name: str) -> str:

@@ -68,7 +68,7 @@ class TrainConfig:
     ood_gate: bool = _opt(True, "fit the out-of-distribution gate that refuses what is not a child's frontal chest "
                           "film and cautions on adults' films (train.gate.fit)")
     scope_data: str | None = _opt(None, "images the gate learns to refuse or caution on (a folder with provenance.csv, "
-                                  "see train/scope.py); default: ../shared/data/scope beside the checkout, when there")
+                                  "see train/gate/scope.py); default: ../shared/data/scope beside the checkout, when there")
     weights_dtype: str = _opt("float32", "dtype of model.safetensors; float16 halves the file", ("float32", "float16"))
     # run control
     resume: bool = _opt(False, "continue the run in --output-dir from its last checkpoint")

@@ -9,6 +9,8 @@ from PIL import Image
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # a training-side reader; the fast tier keeps to its 90 s
+
 WEIGHTS = ROOT.parent / "shared" / "weights" / "mobilenet_v2_1.0_224_imagenet" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
 EGYPTIAN_CAT = 285  # ImageNet-1k class of scikit-image's "chelsea"
 

@@ -1,4 +1,4 @@
-"""Labels and the four model presets: short rows in one table, not files of near-copies."""
+"""Labels and the model presets: short rows in one table, not files of near-copies."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,6 +19,7 @@ class Preset:
     lr: float           # AdamW peak learning rate
     batch_size: int     # per process
     has_imagenet_weights: bool = True
+    zero_head: bool = False  # start the classifier at zero: every film at P = 0.5
     model_args: dict = field(default_factory=dict)  # architecture changes (saved in config.json)
 
 
@@ -33,6 +34,12 @@ PRESETS: dict[str, Preset] = {
         "ResNet-18 at half width", "resnet18", 224, 1e-3, 32, has_imagenet_weights=False,
         model_args={"channels": (32, 64, 128, 256), "stem_width": 32},
     ),
+    # TensorFlow's "SAME" padding: Google's ImageNet weights (a TFLite file, train/tflite_weights.py)
+    # were trained with it; timm's own Hub weights load into it too.
+    # timm's EfficientNet-family init draws a 2-class head from U(+-0.71) (1 / sqrt(classes)),
+    # which starts the logits near +-10 and lets the first steps' gradients wreck ImageNet features.
+    "mobilenetv2": Preset("MobileNetV2 1.0", "mobilenetv2_100.ra_in1k", 224, 5e-4, 32, zero_head=True,
+                          model_args={"pad_type": "same"}),
 }
 
 # Whole-image resize (X-rays of any aspect become the model's square input, as in the
@@ -53,11 +60,16 @@ def create_model(
     pretrained_file: str | None = None,
     image_size: int | None = None,
     cnn_width: int | None = None,
+    normalization: tuple[float, float] | None = None,
 ) -> nn.Module:
-    """A fresh 2-class model of preset ``name``, optionally from ImageNet weights."""
+    """A fresh 2-class model of preset ``name``, optionally from ImageNet weights. ``normalization``
+    (mean, std for every channel) replaces the architecture's ImageNet ones, for weights trained
+    on other input scaling; config.json carries it to every reader."""
     preset = preset_named(name)
     size = image_size or preset.image_size
     overlay = {**_XRAY_INPUT, "input_size": (3, size, size)}
+    if normalization:
+        overlay |= {"mean": (normalization[0],) * 3, "std": (normalization[1],) * 3}
     if (pretrained or pretrained_file) and not preset.has_imagenet_weights:
         raise UsageError(f"model {name!r} trains from scratch: drop --pretrained/--pretrained-file")
     # timm records these in config.json's model_args, so the saved folder rebuilds the same shape.
@@ -72,7 +84,7 @@ def create_model(
         overlay["file"] = str(pretrained_file)
     load = bool(pretrained or pretrained_file)
     try:
-        return timm.create_model(
+        model = timm.create_model(
             preset.timm_name, pretrained=load, pretrained_cfg_overlay=overlay, num_classes=len(LABEL_NAMES), **shape
         )
     except Exception as err:  # timm raises several kinds for a failed download or a bad file
@@ -86,3 +98,7 @@ def create_model(
             "you may be offline: pass --pretrained-file PATH with a local weights file, "
             "or leave out --pretrained to train from scratch"
         ) from err
+    if preset.zero_head:
+        nn.init.zeros_(model.get_classifier().weight)
+        nn.init.zeros_(model.get_classifier().bias)
+    return model

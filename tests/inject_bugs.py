@@ -68,6 +68,12 @@ BUGS = {
                       "the installed package names training's code, which the wheel does not ship"),
     "log-every-read": ("train/data.py", "if problem and problem not in _LOGGED:", "if problem:",
                        "an unreadable image is logged again at every epoch, draw and model that reads it"),
+    "batch-norm-trains": ("train/optim.py", "    if freeze_bn:\n", "    if False:\n",
+                          "fine-tuning the TFLite weights re-normalises by batch statistics and undoes ImageNet's features"),
+    "one-learning-rate": ("train/optim.py", "    if config.layer_decay < 1:\n", "    if False:\n",
+                          "--layer-decay is accepted and every layer trains at the head's rate"),
+    "imagenet-scaling-on-tflite": ("train/run.py", "normalization=tflite_weights.NORMALIZATION)", ")",
+                                   "the TFLite weights are fed ImageNet mean/std pixels instead of the [-1, 1] they learned on"),
     "ci-skips-quietly": ("tests/conftest.py", 'ON_CI = os.environ.get("CI", "")', 'ON_CI = False and os.environ.get("CI", "")',
                          "CI passes with the data folder missing"),
 }

@@ -2,6 +2,8 @@
 Google's own interpreter (ai-edge-litert) on the same inputs."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,32 @@ def test_one_tensor_on_the_wrong_layer_breaks_the_agreement(inputs, monkeypatch)
 
     monkeypatch.setattr(tflite_weights, "read_convolutions", swapped)
     assert not within_int8_rounding(agreement(tflite_weights.imagenet_mobilenetv2(WEIGHTS), inputs))
+
+
+def test_training_from_the_tflite_file_records_where_its_weights_came_from(data_dir, tmp_path, capsys):
+    """``--pretrained-file`` with the .tflite file: the run starts from the file's backbone (a zero
+    head for the two classes), fed [-1, 1] pixels as the file was trained; its folder and card say
+    what the weights are, where they came from and their licence. Another preset is refused."""
+    from tests.conftest import call_cli, run_cli, run_initial_weights
+    from tests.test_train_cli import BARE, TINY, _ok
+    from train.run import main
+    from train.tflite_weights import imagenet_mobilenetv2
+
+    if not WEIGHTS.is_file():
+        pytest.skip(f"the TFLite weights were not found at {WEIGHTS} (they sit in ../shared beside the checkout)")
+    out = tmp_path / "mobilenetv2"
+    _ok(run_cli("--model", "mobilenetv2", "--pretrained-file", str(WEIGHTS), "--dataset", str(data_dir),
+                "--output-dir", str(out), *TINY, "--image-size", "96", *BARE))
+    start, imagenet = run_initial_weights(out).state_dict(), imagenet_mobilenetv2(WEIGHTS).state_dict()
+    assert all(torch.equal(start[name], imagenet[name]) for name in start if not name.startswith("classifier"))
+    assert not start["classifier.weight"].any() and not start["classifier.bias"].any()
+    config = json.loads((out / "config.json").read_text())
+    assert config["pretrained_cfg"]["mean"] == config["pretrained_cfg"]["std"] == [0.5, 0.5, 0.5]
+    assert config["base_model"] is None and config["initial_weights"]["license"] == "apache-2.0"
+    assert json.loads((out / "training_config.json").read_text())["freeze_bn"] is True
+    card = (out / "README.md").read_text()
+    assert "fine-tuned from ImageNet-1k weights: Google's TensorFlow MobileNetV2 1.0/224" in card and "apache-2.0" in card
+
+    refused = call_cli(main, capsys, "--model", "resnet18_half", "--pretrained-file", str(WEIGHTS), "--dataset",
+                       str(data_dir), "--output-dir", str(tmp_path / "refused"), *TINY)
+    assert refused.returncode == 2 and "use --model mobilenetv2" in refused.stderr, refused.stderr

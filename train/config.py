@@ -24,12 +24,17 @@ class TrainConfig:
     dataset: str = _opt("", "Kaggle-layout folder, folder saved by dataset_script/, or Hub dataset id")
     output_dir: str = _opt("", "folder for the Hub-ready model (and its checkpoints/)")
     pretrained: bool = _opt(False, "start from timm's ImageNet weights (downloads them)")
-    pretrained_file: str | None = _opt(None, "start from ImageNet weights in this local file instead")
+    pretrained_file: str | None = _opt(None, "start from ImageNet weights in this local file instead: a timm/torchvision "
+                                       "state dict, or (mobilenetv2) Google's MobileNetV2 .tflite file")
     image_size: int | None = _opt(None, "square input side; default: the preset's")
     cnn_width: int | None = _opt(None, "cnn only: channels of its first convolution, doubled at each block; default 32")
     # optimisation
     epochs: int = _opt(12, "training epochs")
     freeze_epochs: int = _opt(0, "warm-up epochs that train only the classifier (backbone frozen)")
+    layer_decay: float = _opt(1.0, "per-layer learning rates: each layer's LR is this times the next deeper one's "
+                              "(timm's layer groups; 1 = the same LR everywhere)")
+    freeze_bn: bool | None = _opt(None, "keep batch-norm layers in eval mode (running statistics fixed); default: on for "
+                                  "weights with batch norm folded into the convolutions (a .tflite file), else off")
     batch_size: int | None = _opt(None, "images per step per process; default: the preset's")
     grad_accum: int = _opt(1, "gradient accumulation steps")
     lr: float | None = _opt(None, "peak learning rate (AdamW); default: the preset's")
@@ -138,8 +143,10 @@ def save_config(config: TrainConfig, path: Path) -> None:
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill the settings left to the preset, so the saved config says what actually ran."""
     preset = PRESETS[config.model]
+    folded_bn = str(config.pretrained_file or "").endswith(".tflite")
     return dataclasses.replace(
         config,
+        freeze_bn=folded_bn if config.freeze_bn is None else config.freeze_bn,
         image_size=config.image_size or preset.image_size,
         batch_size=config.batch_size or preset.batch_size,
         lr=config.lr or preset.lr,

@@ -1,4 +1,4 @@
-"""Loss with class weights, AdamW with an optional frozen-backbone warm-up, LR schedule."""
+"""Loss with class weights, AdamW with an optional frozen-backbone warm-up and per-layer LRs, LR schedule."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,9 @@ import datasets
 import torch
 from torch import nn
 
-from pneumonia.presets import LABEL_NAMES
+from timm.optim import param_groups_layer_decay
+
+from pneumonia.presets import LABEL_NAMES, UsageError
 from train.config import TrainConfig
 
 
@@ -36,13 +38,28 @@ class WeightedCrossEntropy(nn.Module):
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """AdamW with two groups: the backbone (group 0) and the classifier (group 1)."""
+    """AdamW over parameter groups, each marked ``head`` (the classifier) or not (the backbone),
+    so the scheduler can hold the backbone during a frozen warm-up.
+
+    With ``layer_decay`` < 1, each of timm's layer groups (stem, blocks, head) gets the LR of
+    the group above it times ``layer_decay``: layers near the input, whose ImageNet features
+    are the most general, move the least. timm's grouping also exempts biases and norms from
+    weight decay.
+    """
+    if not 0 < config.layer_decay <= 1:
+        raise UsageError(f"--layer-decay {config.layer_decay}: give a factor in (0, 1]; 1 keeps one LR for every layer")
     head = {id(p) for p in model.get_classifier().parameters()}
-    backbone = [p for p in model.parameters() if id(p) not in head]
-    classifier = [p for p in model.parameters() if id(p) in head]
-    return torch.optim.AdamW(
-        [{"params": backbone}, {"params": classifier}], lr=lr, weight_decay=config.weight_decay
-    )
+    if config.layer_decay < 1:
+        groups = param_groups_layer_decay(model, weight_decay=config.weight_decay, layer_decay=config.layer_decay)
+    else:
+        groups = [{"params": [p for p in model.parameters() if id(p) not in head]},
+                  {"params": [p for p in model.parameters() if id(p) in head]}]
+    for group in groups:
+        in_head = {id(p) in head for p in group["params"]}
+        if len(in_head) != 1:
+            raise AssertionError("a parameter group mixes the classifier with the backbone")
+        group |= {"head": in_head.pop(), "lr": lr * group.pop("lr_scale", 1.0)}
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=config.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
@@ -63,4 +80,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
     def backbone(step: int) -> float:
         return 0.0 if step < frozen else schedule(step)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone, schedule])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [schedule if g["head"] else backbone for g in optimizer.param_groups])
+
+
+def train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """``model.train()``, with batch norm kept in eval mode when ``freeze_bn``: weights whose batch
+    norm was folded into the convolutions hold identity norms, and batch statistics would
+    re-normalise every activation and undo the pretrained function (chance level after 2 epochs, as
+    measured in the weights' README)."""
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from train.augment import Augment
 from pneumonia.presets import UsageError, create_model
 from pneumonia.preprocessing import XrayPreprocessing, data_config_of
-from train import checkpoints, data, optim
+from train import checkpoints, data, optim, tflite_weights
 from train.config import TrainConfig, parse_config
 from train.export.card import write_card
 from train.export.folder import write_model_folder, write_predictions
@@ -109,14 +109,29 @@ def initial_model(config: TrainConfig) -> torch.nn.Module:
     """The run's model before its first step. Seeded, so the saved training_config.json rebuilds
     it exactly: tests compare the trained weights with it."""
     set_seed(config.seed)
+    if tflite_weights.is_tflite(config.pretrained_file):
+        return tflite_model(config)
     return create_model(
         config.model, pretrained=config.pretrained, pretrained_file=config.pretrained_file,
         image_size=config.image_size, cnn_width=config.cnn_width,
     )
 
 
+def tflite_model(config: TrainConfig) -> torch.nn.Module:
+    """The mobilenetv2 preset with Google's ImageNet weights read from their TFLite file, fed as
+    they were trained: pixels scaled to [-1, 1]."""
+    if config.model != tflite_weights.PRESET:
+        raise UsageError(f"--pretrained-file {config.pretrained_file}: a .tflite file holds MobileNetV2 weights; "
+                         f"use --model {tflite_weights.PRESET}")
+    if not Path(config.pretrained_file).is_file():
+        raise UsageError(f"--pretrained-file {config.pretrained_file}: no such file; give the path of a weights file")
+    model = create_model(config.model, image_size=config.image_size, normalization=tflite_weights.NORMALIZATION)
+    tflite_weights.load_backbone(model, config.pretrained_file)
+    return model
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config) -> dict:
-    model.train()
+    optim.train_mode(model, config.freeze_bn)
     totals = torch.zeros(3, device=accelerator.device)  # loss sum, readable images, unreadable images
     bar = tqdm(data.logged_batches(loader), total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not accelerator.is_local_main_process)
     for batch in bar:

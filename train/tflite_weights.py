@@ -11,6 +11,7 @@ the classifier, without the background row.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,18 @@ from pneumonia.labels import UsageError
 
 TIMM_NAME = "mobilenetv2_100"
 TIMM_ARGS = {"pad_type": "same"}  # TensorFlow's padding, which the weights were trained with
+PRESET = "mobilenetv2"  # the project's preset of that architecture
+NORMALIZATION = (0.5, 0.5)  # the file's input, x / 127.5 - 1 on 0..255, as timm's mean and std on 0..1
+# The one file this project knows, by content (../shared/weights/mobilenet_v2_1.0_224_imagenet/README.md).
+KNOWN_FILES = {
+    "5d3137241276e79c86d14a74fe43581398ae0e815191d3dba45495b810840e8c": {
+        "weights": "ImageNet-1k",
+        "from": "Google's TensorFlow MobileNetV2 1.0/224 (Keras), as the int8 TensorFlow Lite file "
+                "tf2_mobilenet_v2_1.0_224_ptq.tflite of github.com/google-coral/test_data "
+                "(commit 104342d2d3480b3e66203073dac24f4e2dbb4c41)",
+        "license": "apache-2.0",
+    },
+}
 _CONVOLUTIONS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
@@ -62,8 +75,9 @@ def _dequantized(model, tensor) -> np.ndarray:
     return ((values.astype(np.float64) - np.reshape(zero, shape)) * np.reshape(scale, shape)).astype(np.float32)
 
 
-def mobilenetv2_state_dict(path: str | Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state dict (a timm ``mobilenetv2_100``) with the file's weights, every tensor mapped."""
+def mobilenetv2_state_dict(path: str | Path, model: nn.Module, with_classifier: bool = True) -> dict[str, torch.Tensor]:
+    """``model``'s state dict (a timm ``mobilenetv2_100``) with the file's weights, every tensor mapped
+    (the ImageNet classifier too, unless ``with_classifier`` is false)."""
     convolutions = read_convolutions(path)
     pairs = _convolutions_and_norms(model)
     if len(convolutions) != len(pairs) + 1:
@@ -77,6 +91,8 @@ def mobilenetv2_state_dict(path: str | Path, model: nn.Module) -> dict[str, torc
         state[f"{conv}.weight"] = torch.from_numpy(weight)
         state |= {f"{norm}.weight": torch.ones(len(bias)), f"{norm}.bias": torch.from_numpy(bias),
                   f"{norm}.running_mean": torch.zeros(len(bias)), f"{norm}.running_var": torch.full((len(bias),), 1 - epsilon)}
+    if not with_classifier:
+        return state
     weight, bias = convolutions[-1]
     state["classifier.weight"] = torch.from_numpy(weight[1:, :, 0, 0].copy())  # row 0: TensorFlow's background class
     state["classifier.bias"] = torch.from_numpy(bias[1:].copy())
@@ -87,6 +103,25 @@ def _convolutions_and_norms(model: nn.Module) -> list[tuple[str, str]]:
     """(convolution, the batch norm after it) in the order the forward pass meets them."""
     modules = [(name, module) for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.BatchNorm2d))]
     return [(name, modules[i + 1][0]) for i, (name, module) in enumerate(modules) if isinstance(module, nn.Conv2d)]
+
+
+def is_tflite(path: str | Path | None) -> bool:
+    return str(path or "").endswith(".tflite")
+
+
+def load_backbone(model: nn.Module, path: str | Path) -> None:
+    """The file's ImageNet weights into ``model`` (the ``mobilenetv2`` preset), all but its own
+    classifier, which keeps its fresh initialisation for the run's classes."""
+    state = mobilenetv2_state_dict(path, model, with_classifier=False)
+    model.load_state_dict(state)
+
+
+def provenance(path: str | Path) -> dict:
+    """What the initial weights are and where they came from, for config.json and the card."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    known = KNOWN_FILES.get(digest, {"weights": "not known to this project", "from": f"the TFLite file {Path(path).name}",
+                                     "license": "not known to this project"})
+    return {**known, "sha256": digest}
 
 
 def imagenet_mobilenetv2(path: str | Path) -> nn.Module:

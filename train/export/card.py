@@ -57,6 +57,7 @@ def render_card(folder: Path, repo_id: str | None = None, space_id: str | None =
         space_id=space_id or "http://127.0.0.1:7860/",
         architecture=f"{PRESETS[preset].title} (timm `{PRESETS[preset].timm_name.split('.')[0]}`)",
         base_model=base_model,
+        initial_weights=model_config.get("initial_weights"),
         splits=[(SPLIT_TITLES[name], metrics[name]) for name in SPLIT_TITLES if name in metrics],
         external=sorted(metrics.get("external", {}).items()),
         preprocessing=XrayPreprocessing.from_config(model_config),

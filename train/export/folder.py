@@ -12,6 +12,7 @@ from torch import nn
 
 from pneumonia.hub_code import add_transformers_code
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, PRESETS
+from train import tflite_weights
 from train.config import TrainConfig, save_config
 
 
@@ -30,6 +31,8 @@ def write_model_folder(
             **operating_point,
             "preset": config.model,
             "base_model": _base_model(config),
+            "initial_weights": tflite_weights.provenance(config.pretrained_file)
+            if tflite_weights.is_tflite(config.pretrained_file) else None,
         },
         safe_serialization=True,
     )
@@ -60,8 +63,8 @@ def own_metadata(config: dict) -> dict:
 
 def _base_model(config: TrainConfig) -> str | None:
     """The timm ImageNet checkpoint the run started from, if any."""
-    if not (config.pretrained or config.pretrained_file):
-        return None
+    if not (config.pretrained or config.pretrained_file) or tflite_weights.is_tflite(config.pretrained_file):
+        return None  # from scratch, or weights that are not a Hub checkpoint (``initial_weights`` says what)
     return f"timm/{PRESETS[config.model].timm_name}"
 
 

@@ -67,8 +67,9 @@ def export_fp32(model: torch.nn.Module, input_size: tuple[int, int, int], path: 
         with_features.remove()
 
 
-def quantize_int8(fp32_file: Path, out: Path, calibration_batches, workdir: Path) -> None:
-    """Static int8 (QDQ, per-channel), as onnxruntime.quantization recommends for CNNs on x86."""
+def quantize_int8(fp32_file: Path, out: Path, calibration_batches, workdir: Path, **options) -> None:
+    """Static int8 (QDQ, per-channel), as onnxruntime.quantization recommends for CNNs on x86;
+    ``options`` go to ``quantize_static`` (``benchmarks/int8_variants.py`` compares some)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -83,7 +84,7 @@ def quantize_int8(fp32_file: Path, out: Path, calibration_batches, workdir: Path
     prepared = workdir / "prepared.onnx"
     quant_pre_process(str(fp32_file), str(prepared))  # shape inference and graph fusions first
     quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
 
 
 def parity(reference: tuple[dict, OodGate | None], candidates: dict[str, tuple[dict, OodGate | None]],

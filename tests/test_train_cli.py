@@ -245,6 +245,44 @@ def test_int8_that_misses_the_parity_bar_is_not_shipped(data_dir, tmp_path, monk
                     num_workers=0)
     found = json.loads((out / "metrics.json").read_text())["onnx"]
     assert not found["int8"]["kept"] and not (out / "model.int8.onnx").exists() and (out / "model.onnx").is_file()
+    assert found["int8"]["scheme"] == "weights-only" and not found["int8_static"]["kept"]  # both were tried
     assert pneumonia.load_classifier(str(out), backend="auto").backend == "onnx-fp32"  # what the app then serves
     write_card(out)
     assert "missed the parity bar" in (out / "README.md").read_text()
+
+
+def test_int8_weights_are_shipped_when_static_int8_misses_the_bar(data_dir, tmp_path, monkeypatch):
+    """A static int8 file that gets every decision wrong (its classifier negated) is dropped, and the
+    int8-weights file that follows is kept: parity within the bar, int8 tensors, the card says so."""
+    import onnx
+    from onnx import numpy_helper
+
+    from train import post_training
+    from train.data import load_splits
+    from train.export.card import write_card
+
+    def negated_classifier(fp32_file, out, batches, workdir, **options):
+        model = onnx.load(str(fp32_file))
+        classifier = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
+        for init in model.graph.initializer:
+            if init.name == classifier.input[1]:
+                init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), init.name))
+        onnx.save(model, str(out))
+
+    out = tmp_path / "cnn"
+    _ok(run_cli("--model", "cnn", "--dataset", str(data_dir), "--output-dir", str(out), *TINY, "--image-size", "64",
+                "--no-export-onnx", "--no-ood-gate"))
+    splits = load_splits(str(data_dir), 0.15, 42)
+    splits = {"train": splits["train"].select(range(16)), "validation": splits["validation"].select(range(8)),
+              "test": splits["test"].select(range(32))}
+    monkeypatch.setattr(post_training, "quantize_int8", negated_classifier)
+    post_training.complete_folder(out, splits, json.loads((out / "training_config.json").read_text()), gate=False,
+                                  onnx=True, num_workers=0)
+    found = json.loads((out / "metrics.json").read_text())["onnx"]
+    assert not found["int8_static"]["kept"]
+    assert found["int8"]["kept"] and found["int8"]["scheme"] == "weights-only" and found["int8"]["mean_abs_dp"] < 0.01
+    graph = onnx.load(str(out / "model.int8.onnx")).graph
+    assert sum(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer) >= 4  # 3 convolutions, the head
+    assert pneumonia.load_classifier(str(out), backend="auto").backend == "onnx-int8"
+    write_card(out)
+    assert "int8 weights" in (out / "README.md").read_text()

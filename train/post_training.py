@@ -10,7 +10,8 @@ one read of the films and the scope images.
    PyTorch, fp32 and int8 as far as each needs it.
 3. The gate, fitted on PyTorch's features, stored and scored (``train.gate.fit``).
 4. int8's own gate calibration on int8's features, and both ONNX files' parity with PyTorch:
-   int8 is kept only within the bar.
+   int8 is kept only within the bar. When static int8 misses it, int8 weights with float
+   activations are read and tried the same way (a second read, only then).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from pneumonia.torch_model import WithGateFeatures, gate_layers
 from train import data, sweep
 from train.augment import Augment
 from train.export.onnx import (CALIBRATION_IMAGES, PARITY_BAR, export_fp32, parity, parity_summary,
-                               quantize_int8, store_int8_gate, within_bar)
+                               quantize_int8, quantize_int8_weights, store_int8_gate, within_bar)
 from train.gate import fit, scope
 
 
@@ -87,8 +88,17 @@ def complete_folder(folder: Path, splits: datasets.DatasetDict, training: dict, 
             served = fit_and_store_gate(folder, layers, widths, found["pytorch"], scope_set, leave_one_out, clock)
         if onnx:
             with clock.step("ONNX: int8's gate, parity"):
-                result = keep_int8_or_not(folder, found, served, scope_set, int8_candidate, classifier)
-                update_json(folder / "metrics.json", onnx={**result, "calibration_images": len(calibration_rows)})
+                result = keep_int8_or_not(folder, found, served, scope_set, int8_candidate, classifier, "static")
+            if not result["int8"]["kept"]:
+                with clock.step("ONNX: int8 weights only, its gate, parity"):
+                    quantize_int8_weights(folder / ONNX_FILES["onnx-fp32"], int8_candidate)
+                    runner = {"onnx-int8": (OnnxLogits(int8_candidate).run, sets_for(with_heads, scope_set))}
+                    found |= sweep.sweep(runner, loaders(folder, classifier, splits, scope_set, training, batch_size,
+                                                         num_workers), training["seed"])
+                    static = result["int8"]
+                    result = keep_int8_or_not(folder, found, served, scope_set, int8_candidate, classifier, "weights-only")
+                    result["int8_static"] = static
+            update_json(folder / "metrics.json", onnx={**result, "calibration_images": len(calibration_rows)})
             clock.say(parity_summary(result))
     classifier.model.cpu()
 
@@ -138,15 +148,16 @@ def fit_and_store_gate(folder: Path, layers, widths, found: dict, scope_set, lea
     return gate
 
 
-def keep_int8_or_not(folder: Path, found: dict, gate: OodGate | None, scope_set, int8_candidate: Path, classifier) -> dict:
+def keep_int8_or_not(folder: Path, found: dict, gate: OodGate | None, scope_set, int8_candidate: Path, classifier,
+                     scheme: str) -> dict:
     """int8's gate (its own calibration where the gate has heads), parity, and int8 kept (moved
-    into the folder) or not: metrics.json's "onnx"."""
+    into the folder) or not: metrics.json's "onnx". ``scheme``: how the candidate was quantized."""
     int8_gate = gate
     if gate is not None and gate.heads is not None:
         int8_gate = fit.fit_gate(gate.layers, gate.widths, found["onnx-int8"], scope_set)
     result = parity((found["pytorch"], gate), {"fp32": (found["onnx-fp32"], gate), "int8": (found["onnx-int8"], int8_gate)},
                     classifier.threshold, classifier.temperature)
-    result["int8"]["kept"] = within_bar(result["int8"])
+    result["int8"] |= {"kept": within_bar(result["int8"]), "scheme": scheme}
     int8_file = folder / ONNX_FILES["onnx-int8"]
     int8_file.unlink(missing_ok=True)
     store_int8_gate(folder, int8_gate if result["int8"]["kept"] and int8_gate is not gate else None)

@@ -28,7 +28,8 @@ FILM_VIEW_SIDE = 1024  # the page shows the film at most this large
 
 
 def _backend() -> str:
-    """Where /predict's logits come from: auto (int8 ONNX, else fp32 ONNX, else PyTorch), or one of them."""
+    """Where /predict's logits come from: auto (int8 ONNX, else fp16-weights ONNX, else fp32 ONNX, else
+    PyTorch), or one of them."""
     value = os.environ.get("PNEUMONIA_BACKEND", "auto")
     if value not in BACKENDS:
         raise SystemExit(f"error: PNEUMONIA_BACKEND={value!r}: choose one of {', '.join(BACKENDS)}")
@@ -297,7 +298,7 @@ with gr.Blocks(title="Pneumonia on pediatric chest X-rays") as demo:
                     heatmap = gr.Image(label="Heat map (LayerCAM): regions that raised the PNEUMONIA score", type="pil",
                                        elem_id="heatmap")
     with gr.Tab("Private (in your browser)"):
-        # The page runs the int8 model in the visitor's browser: the film never leaves it (web/, docs/private-mode.md).
+        # The page runs the compact ONNX model (int8, else fp16 weights) in the visitor's browser: the film never leaves it (web/, docs/private-mode.md).
         gr.HTML(private_mode.frame(classifier))
     # The film shows at once; a file it cannot show gets its message from /predict's check.
     upload.change(show_film, inputs=upload, outputs=film, api_name="film", api_visibility="undocumented")

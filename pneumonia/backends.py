@@ -1,5 +1,6 @@
-"""Where a classifier's logits come from: ONNX Runtime (fp32 or int8) here, without torch; the
-PyTorch model in ``pneumonia.torch_model``.
+"""Where a classifier's logits come from: ONNX Runtime here, without torch (int8; fp16 weights
+computed in fp32, for a network whose int8 file missed the parity bar; or fp32); the PyTorch model
+in ``pneumonia.torch_model``.
 
 The ONNX files sit beside ``model.safetensors`` in a model folder (``train.export.onnx``
 writes them). Grad-CAM always runs on the PyTorch model: it needs gradients.
@@ -13,8 +14,9 @@ import numpy as np
 
 from pneumonia.labels import UsageError
 
-BACKENDS = ("auto", "onnx", "onnx-int8", "onnx-fp32", "pytorch")  # onnx: int8, else fp32
-ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx-fp32": "model.onnx"}
+BACKENDS = ("auto", "onnx", "onnx-int8", "onnx-fp16", "onnx-fp32", "pytorch")  # onnx: int8, else fp16, else fp32
+ONNX_FILES = {"onnx-int8": "model.int8.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-fp32": "model.onnx"}
+COMPACT = ("onnx-int8", "onnx-fp16")  # the files small enough for a browser: at most one is kept
 
 
 class OnnxLogits:
@@ -47,9 +49,9 @@ def candidates(backend: str) -> list[str]:
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return ["onnx-int8", "onnx-fp32"] if onnxruntime_installed() else []
+        return list(ONNX_FILES) if onnxruntime_installed() else []
     if backend == "onnx":
-        return ["onnx-int8", "onnx-fp32"]
+        return list(ONNX_FILES)
     return [backend] if backend in ONNX_FILES else []
 
 

@@ -258,8 +258,8 @@ def _onnx_backend(source: str, backend: str) -> tuple[str, Path | None]:
 
 def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
     """A model folder written by training (local path, ``local-dir:`` or ``hf-hub:``), ready to
-    predict. ``backend``: pytorch, onnx-int8, onnx-fp32, onnx (int8, else fp32), or auto (int8, else
-    fp32 ONNX, else PyTorch). The ONNX backends need onnxruntime, not torch."""
+    predict. ``backend``: pytorch, onnx-int8, onnx-fp16, onnx-fp32, onnx (int8, else fp16, else fp32),
+    or auto (the same ONNX order, else PyTorch). The ONNX backends need onnxruntime, not torch."""
     if not source.startswith("hf-hub:"):
         source = f"local-dir:{source.removeprefix('local-dir:')}"
     config = _read_json(source, "config.json")

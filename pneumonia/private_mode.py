@@ -1,33 +1,36 @@
-"""The app's private mode, server side: it only serves files. The page (``web/``) runs the int8 ONNX
-model, the gate and the outcome rules in the visitor's browser, so a film never reaches the server.
+"""The app's private mode, server side: it only serves files. The page (``web/``) runs the folder's
+compact ONNX model (int8, else fp16 weights), the gate and the outcome rules in the visitor's
+browser, so a film never reaches the server.
 
 ``routes(classifier)`` serves the page at ``/private/`` and, at ``/private/model/``, the only files
-it reads: the folder's ``config.json``, its int8 ONNX model, the int8 model's gate file and the
-outcome words (``words.json``, from ``pneumonia.words.browser_templates``). See docs/private-mode.md.
+it reads: the folder's ``config.json``, its compact ONNX model (as ``browser.onnx``), that model's
+gate file and the outcome words (``words.json``, from ``pneumonia.words.browser_templates``). See
+docs/private-mode.md.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from pneumonia import words
+from pneumonia.backends import COMPACT, ONNX_FILES
 from pneumonia.modeling import Classifier, _file
 from pneumonia.ood import GATE_FILE
 
 WEB = Path(__file__).resolve().parents[1] / "web"
-MODEL_FILE = "model.int8.onnx"
+BROWSER_FILE = "browser.onnx"  # the page's name for the compact file it is served
 
 
 def available(classifier: Classifier) -> bool:
-    """The private mode runs what the server's int8 backend runs; a folder without it has no private mode."""
-    return classifier.backend == "onnx-int8"
+    """The private mode runs what the server's compact backend runs; a folder without one has no private mode."""
+    return classifier.backend in COMPACT
 
 
 def frame(classifier: Classifier) -> str:
     """The tab's content: the page in an iframe (relative, so it works under a proxy's root path)."""
     if not available(classifier):
-        return ("<p>The private mode needs the model folder's int8 ONNX file (<code>model.int8.onnx</code>) and the "
-                "app's int8 backend: export it with <code>python -m train.export FOLDER</code> and run the app with "
-                "<code>PNEUMONIA_BACKEND=auto</code>.</p>")
+        return ("<p>The private mode needs the model folder's compact ONNX file (<code>model.int8.onnx</code> or "
+                "<code>model.fp16.onnx</code>) and the app serving it: export it with <code>python -m train.export "
+                "FOLDER</code> and run the app with <code>PNEUMONIA_BACKEND=auto</code>.</p>")
     return ('<iframe src="private/" title="Private mode: the film is classified in your browser" '
             'style="width: 100%; height: 1000px; border: 0"></iframe>')
 
@@ -49,8 +52,9 @@ def routes(classifier: Classifier) -> list:
 
     if not available(classifier):
         return []
-    names = ["config.json", MODEL_FILE] + ([gate_file(classifier.config)] if "ood" in classifier.config else [])
+    names = ["config.json"] + ([gate_file(classifier.config)] if "ood" in classifier.config else [])
     served = {name: _file(classifier.source, name) for name in names}
+    served[BROWSER_FILE] = _file(classifier.source, ONNX_FILES[classifier.backend])
     templates = words.browser_templates(classifier)
 
     async def model_file(request):

@@ -246,22 +246,27 @@ def test_int8_that_misses_the_parity_bar_is_not_shipped(data_dir, tmp_path, monk
     found = json.loads((out / "metrics.json").read_text())["onnx"]
     assert not found["int8"]["kept"] and not (out / "model.int8.onnx").exists() and (out / "model.onnx").is_file()
     assert found["int8"]["scheme"] == "weights-only" and not found["int8_static"]["kept"]  # both were tried
+    assert not found["fp16"]["kept"] and not (out / "model.fp16.onnx").exists()  # and fp16 weights last
     assert pneumonia.load_classifier(str(out), backend="auto").backend == "onnx-fp32"  # what the app then serves
     write_card(out)
     assert "missed the parity bar" in (out / "README.md").read_text()
 
 
-def test_int8_weights_are_shipped_when_static_int8_misses_the_bar(data_dir, tmp_path, monkeypatch):
-    """A static int8 file that gets every decision wrong (its classifier negated) is dropped, and the
-    int8-weights file that follows is kept: parity within the bar, int8 tensors, the card says so."""
+@pytest.mark.parametrize("broken, served", [(("quantize_int8",), "onnx-int8"),
+                                             (("quantize_int8", "quantize_int8_weights"), "onnx-fp16")])
+def test_the_next_compact_file_is_shipped_when_one_misses_the_bar(data_dir, tmp_path, monkeypatch, broken, served):
+    """A quantizer whose file gets the answers wrong (its classifier negated) is dropped, and the next
+    compact file is kept: int8 weights after static int8, fp16 weights after both. The kept file
+    meets the bar, the app serves it, the private mode serves it, the card says what it is."""
     import onnx
     from onnx import numpy_helper
 
+    from pneumonia import private_mode
     from train import post_training
     from train.data import load_splits
     from train.export.card import write_card
 
-    def negated_classifier(fp32_file, out, batches, workdir, **options):
+    def negated_classifier(fp32_file, out, *args, **options):
         model = onnx.load(str(fp32_file))
         classifier = [node for node in model.graph.node if node.op_type == "Gemm"][-1]
         for init in model.graph.initializer:
@@ -275,14 +280,19 @@ def test_int8_weights_are_shipped_when_static_int8_misses_the_bar(data_dir, tmp_
     splits = load_splits(str(data_dir), 0.15, 42)
     splits = {"train": splits["train"].select(range(16)), "validation": splits["validation"].select(range(8)),
               "test": splits["test"].select(range(32))}
-    monkeypatch.setattr(post_training, "quantize_int8", negated_classifier)
+    for name in broken:
+        monkeypatch.setattr(post_training, name, negated_classifier)
     post_training.complete_folder(out, splits, json.loads((out / "training_config.json").read_text()), gate=False,
                                   onnx=True, num_workers=0)
     found = json.loads((out / "metrics.json").read_text())["onnx"]
-    assert not found["int8_static"]["kept"]
-    assert found["int8"]["kept"] and found["int8"]["scheme"] == "weights-only" and found["int8"]["mean_abs_dp"] < 0.01
-    graph = onnx.load(str(out / "model.int8.onnx")).graph
-    assert sum(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer) >= 4  # 3 convolutions, the head
-    assert pneumonia.load_classifier(str(out), backend="auto").backend == "onnx-int8"
+    assert not found["int8_static"]["kept"] and found["int8"]["scheme"] == "weights-only"
+    kept = found["int8"] if served == "onnx-int8" else found["fp16"]
+    assert kept["kept"] and kept["mean_abs_dp"] < 0.01 and found["int8"]["kept"] == (served == "onnx-int8")
+    assert (out / "model.fp16.onnx").is_file() == (served == "onnx-fp16") != (out / "model.int8.onnx").is_file()
+    graph = onnx.load(str(out / ("model.int8.onnx" if served == "onnx-int8" else "model.fp16.onnx"))).graph
+    stored = onnx.TensorProto.INT8 if served == "onnx-int8" else onnx.TensorProto.FLOAT16
+    assert sum(init.data_type == stored for init in graph.initializer) >= 4  # 3 convolutions, the head
+    classifier = pneumonia.load_classifier(str(out), backend="auto")
+    assert classifier.backend == served and private_mode.available(classifier)
     write_card(out)
-    assert "int8 weights" in (out / "README.md").read_text()
+    assert ("int8 weights" if served == "onnx-int8" else "fp16 weights") in (out / "README.md").read_text()

@@ -11,7 +11,8 @@ one read of the films and the scope images.
 3. The gate, fitted on PyTorch's features, stored and scored (``train.gate.fit``).
 4. int8's own gate calibration on int8's features, and both ONNX files' parity with PyTorch:
    int8 is kept only within the bar. When static int8 misses it, int8 weights with float
-   activations are read and tried the same way (a second read, only then).
+   activations are read and tried the same way (a second read, only then), and if they miss
+   too, fp16 weights computed in fp32 (``model.fp16.onnx``; a third read).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from pneumonia.torch_model import WithGateFeatures, gate_layers
 from train import data, sweep
 from train.augment import Augment
 from train.export.onnx import (CALIBRATION_IMAGES, PARITY_BAR, export_fp32, parity, parity_summary,
-                               quantize_int8, quantize_int8_weights, store_int8_gate, within_bar)
+                               quantize_int8, quantize_int8_weights, store_fp16_weights, store_int8_gate,
+                               within_bar)
 from train.gate import fit, scope
 
 
@@ -87,17 +89,13 @@ def complete_folder(folder: Path, splits: datasets.DatasetDict, training: dict, 
         if gate:
             served = fit_and_store_gate(folder, layers, widths, found["pytorch"], scope_set, leave_one_out, clock)
         if onnx:
-            with clock.step("ONNX: int8's gate, parity"):
-                result = keep_int8_or_not(folder, found, served, scope_set, int8_candidate, classifier, "static")
-            if not result["int8"]["kept"]:
-                with clock.step("ONNX: int8 weights only, its gate, parity"):
-                    quantize_int8_weights(folder / ONNX_FILES["onnx-fp32"], int8_candidate)
-                    runner = {"onnx-int8": (OnnxLogits(int8_candidate).run, sets_for(with_heads, scope_set))}
-                    found |= sweep.sweep(runner, loaders(folder, classifier, splits, scope_set, training, batch_size,
-                                                         num_workers), training["seed"])
-                    static = result["int8"]
-                    result = keep_int8_or_not(folder, found, served, scope_set, int8_candidate, classifier, "weights-only")
-                    result["int8_static"] = static
+            def read_again(candidate: Path, gate_features: bool) -> dict:
+                runner = {"candidate": (OnnxLogits(candidate).run, sets_for(gate_features, scope_set))}
+                images = loaders(folder, classifier, splits, scope_set, training, batch_size, num_workers)
+                return sweep.sweep(runner, images, training["seed"])["candidate"]
+
+            result = keep_a_compact_file(folder, found, served, scope_set, int8_candidate, classifier, with_heads,
+                                         read_again, clock)
             update_json(folder / "metrics.json", onnx={**result, "calibration_images": len(calibration_rows)})
             clock.say(parity_summary(result))
     classifier.model.cpu()
@@ -147,6 +145,31 @@ def fit_and_store_gate(folder: Path, layers, widths, found: dict, scope_set, lea
     clock.say(fit.summary(report))
     return gate
 
+
+def keep_a_compact_file(folder: Path, found: dict, gate: OodGate | None, scope_set, int8_candidate: Path, classifier,
+                        with_heads: bool, read_again: Callable[[Path, bool], dict], clock: Clock) -> dict:
+    """The browser's file, the first within the parity bar: static int8; int8 weights with float
+    activations; fp16 weights. Each fallback is read again only when the one before missed."""
+    with clock.step("ONNX: int8's gate, parity"):
+        result = keep_int8_or_not(folder, found, gate, scope_set, int8_candidate, classifier, "static")
+    if not result["int8"]["kept"]:
+        with clock.step("ONNX: int8 weights only, its gate, parity"):
+            quantize_int8_weights(folder / ONNX_FILES["onnx-fp32"], int8_candidate)
+            found["onnx-int8"] = read_again(int8_candidate, with_heads)
+            static = result["int8"]
+            result = keep_int8_or_not(folder, found, gate, scope_set, int8_candidate, classifier, "weights-only")
+            result["int8_static"] = static
+    fp16_file = folder / ONNX_FILES["onnx-fp16"]
+    fp16_file.unlink(missing_ok=True)
+    if not result["int8"]["kept"]:
+        with clock.step("ONNX: fp16 weights, parity"):
+            store_fp16_weights(folder / ONNX_FILES["onnx-fp32"], fp16_file)
+            fp16 = parity((found["pytorch"], gate), {"fp16": (read_again(fp16_file, False), gate)},
+                          classifier.threshold, classifier.temperature)["fp16"]
+            result["fp16"] = fp16 | {"kept": within_bar(fp16)}
+            if not result["fp16"]["kept"]:
+                fp16_file.unlink()
+    return result
 
 def keep_int8_or_not(folder: Path, found: dict, gate: OodGate | None, scope_set, int8_candidate: Path, classifier,
                      scheme: str) -> dict:

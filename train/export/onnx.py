@@ -8,9 +8,10 @@ model that misses the parity bar (decisions identical on at least 99% of films, 
 |ΔP(PNEUMONIA)| at most 0.01, and the same outcome of the out-of-distribution gate on at least
 98%) is not kept. The next candidate is int8 weights alone (``quantize_int8_weights``: per-channel
 int8 weights, float activations): the same file size, fp32's speed, and none of the activation
-rounding that some networks (MobileNetV2's depthwise stages) do not survive. If it misses the bar
-too, the folder serves fp32 ONNX. ``train.post_training`` runs these steps; ``python -m
-train.export`` (re)exports a folder.
+rounding. If it misses the bar too, ``model.fp16.onnx`` stores the weights in fp16 (half fp32's
+size; a folder saved with ``--weights-dtype float16`` holds exactly these weights) and computes in
+fp32, checked against the same bar. The folder serves the int8 file, else the fp16 one, else fp32.
+``train.post_training`` runs these steps; ``python -m train.export`` (re)exports a folder.
 """
 from __future__ import annotations
 
@@ -127,6 +128,27 @@ def quantize_int8_weights(fp32_file: Path, out: Path) -> None:
     onnx.save(model, str(out))
 
 
+def store_fp16_weights(fp32_file: Path, out: Path) -> None:
+    """Every float initializer stored in fp16 behind a Cast to fp32: half the file, fp32's arithmetic
+    (onnxruntime folds the casts when the session starts)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(fp32_file))
+    graph = model.graph
+    casts = []
+    for init in [init for init in graph.initializer if init.data_type == TensorProto.FLOAT]:
+        name = init.name
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{name}_fp16")
+        graph.initializer.remove(init)
+        graph.initializer.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [name], to=TensorProto.FLOAT, name=f"{name}_Cast"))
+    for position, node in enumerate(casts):  # the readers keep the old names, now the casts' outputs
+        graph.node.insert(position, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
 def parity(reference: tuple[dict, OodGate | None], candidates: dict[str, tuple[dict, OodGate | None]],
            threshold: float, temperature: float) -> dict:
     """Per ONNX model (its outputs on "test" and "scope_clean", as ``train.sweep`` reads them, and
@@ -159,10 +181,13 @@ def parity_summary(found: dict) -> str:
                 "and scope images" if "outcome_agreement" in found[name] else "")
              for name in ("fp32", "int8")]
     scheme = found["int8"].get("scheme", "static")
-    kept = (f"kept ({scheme})" if found["int8"]["kept"] else
-            "NOT kept (static and weights-only both miss the parity bar): the folder serves fp32 ONNX")
+    kept = f"kept ({scheme})" if found["int8"]["kept"] else "NOT kept (static and weights-only both miss the parity bar)"
     tried = [f"static int8 first: {_figures(found['int8_static'])}, misses the bar"] if "int8_static" in found else []
-    return "\n".join(lines + tried + [f"int8: {kept}"])
+    fp16 = []
+    if "fp16" in found:
+        fp16 = [f"fp16 weights: {_figures(found['fp16'])}: " + ("kept: the folder serves it" if found["fp16"]["kept"] else
+                                                               "NOT kept: the folder serves fp32 ONNX")]
+    return "\n".join(lines + tried + [f"int8: {kept}"] + fp16)
 
 
 def _figures(found: dict) -> str:

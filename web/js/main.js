@@ -24,7 +24,7 @@ async function loadModel() {
   const config = await fetchOk("model/config.json").then((r) => r.json());
   const settings = config.ood && (config.ood.backends?.["onnx-int8"] ?? config.ood);
   const [words, runtime, dicom, onnx, gateFile] = await Promise.all([fetchOk("model/words.json").then((r) => r.json()),
-    loadOnnxRuntime(), loadDicomParser(), fetchOk("model/model.int8.onnx").then((r) => r.arrayBuffer()),
+    loadOnnxRuntime(), loadDicomParser(), fetchOk("model/browser.onnx").then((r) => r.arrayBuffer()),
     settings ? fetchOk(`model/${settings.file}`).then((r) => r.arrayBuffer()) : null]);
   phases.fetched = performance.now() - started;
   const session = await runtime.ort.InferenceSession.create(onnx, { executionProviders: ["wasm"] });

@@ -21,7 +21,7 @@ from pneumonia import Reading, UsageError, load_classifier, open_image, private_
 from pneumonia.backends import BACKENDS
 from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage, is_dicom
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-resnet18-half"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-mobilenetv2"
 MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "examples"
 FILM_VIEW_SIDE = 1024  # the page shows the film at most this large

@@ -41,7 +41,7 @@ from train.export.onnx import export_fp32, quantize_int8  # noqa: E402
 
 from gradio_client import Client, handle_file  # noqa: E402
 
-BUNDLED = ROOT / "models" / "pneumonia-resnet18-half"
+BUNDLED = ROOT / "models" / "pneumonia-mobilenetv2"
 
 
 def random_vgg16(folder: Path) -> Path:

@@ -46,7 +46,7 @@ def main() -> None:
         apps = {}
         try:
             for name, checkout in (("baseline", baseline), ("this checkout", ROOT)):
-                apps[name] = start_app({"PNEUMONIA_MODEL": str(checkout / "models" / "pneumonia-resnet18-half")},
+                apps[name] = start_app({"PNEUMONIA_MODEL": str(checkout / "models" / "pneumonia-mobilenetv2")},
                                        cwd=checkout)
             seconds = {name: [] for name in apps}
             with httpx.Client(timeout=120) as http:

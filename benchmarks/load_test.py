@@ -1,6 +1,6 @@
 """Load test: concurrent gradio_client callers send real films mixed with bad files and non-X-rays.
 
-    python benchmarks/load_test.py [--callers 8] [--uploads 200] [--model models/pneumonia-resnet18-half]
+    python benchmarks/load_test.py [--callers 8] [--uploads 200] [--model models/pneumonia-mobilenetv2]
 
 `python app.py` is started as a Space starts it. Each caller (its own gradio_client) sends
 ``--uploads`` files to /predict, one after another; of every 10 uploads, 8 are real test films
@@ -127,7 +127,7 @@ def run(url: str, uploads: Uploads, callers: int, per_caller: int, on_warm) -> t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "pneumonia-resnet18-half"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "pneumonia-mobilenetv2"))
     parser.add_argument("--callers", type=int, default=8)
     parser.add_argument("--uploads", type=int, default=200, help="per caller")
     args = parser.parse_args()

@@ -25,7 +25,7 @@ import pneumonia  # noqa: E402
 from benchmarks.train_throughput import DATA, machine  # noqa: E402
 from train.publish.model import publish  # noqa: E402
 
-BUNDLED = ROOT / "models" / "pneumonia-resnet18-half"
+BUNDLED = ROOT / "models" / "pneumonia-mobilenetv2"
 
 
 def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
@@ -68,7 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / BUNDLED.name
         shutil.copytree(BUNDLED, folder)
-        publish(folder, "someone/pneumonia-resnet18-half", dry_run=True)
+        publish(folder, "someone/pneumonia-mobilenetv2", dry_run=True)
         reference = pneumonia.load_classifier(str(folder))
         images = [pneumonia.open_image(f) for f in files]
         expected = reference.read(images)

@@ -13,7 +13,7 @@ from PIL import Image
 import pneumonia
 from pneumonia.answering import levels_from_config
 from tests.conftest import BUNDLED_MODEL as BUNDLED
-from tests.conftest import clear_films, recorded_predictions
+from tests.conftest import SERVED_BACKEND, clear_films, recorded_predictions
 from tests.test_bundled_model import REFUSED_TEST_FILMS
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def test_real_xrays_and_dicom_through_the_api(server, film, write_dicom, tmp_pat
     image = film("PNEUMONIA", 3)  # recorded P(PNEUMONIA) 0.999 on PyTorch, above the band
     label, decision, _ = server.predict(handle_file(str(image)), api_name="/predict")
     # served by the bundled int8 ONNX model: what it gives in-process (measured: equal)
-    int8 = pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").predict(pneumonia.open_image(image))
+    int8 = pneumonia.load_classifier(str(BUNDLED), backend=SERVED_BACKEND).predict(pneumonia.open_image(image))
     assert _p_pneumonia(label) == pytest.approx(int8["PNEUMONIA"], abs=1e-6)
     assert decision.startswith("### PNEUMONIA\n")
     with Image.open(server.predict(handle_file(str(image)), api_name="/heatmap")) as shown:

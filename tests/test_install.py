@@ -43,7 +43,7 @@ def test_the_wheel_alone_reads_films_and_the_gate_with_onnx_runtime(tmp_path, bu
     assert not installed & TRAINING_STACK, installed & TRAINING_STACK
 
     cache = tmp_path / "hub-cache"
-    lay_into_hub_cache(cache, "someone/pneumonia-resnet18-half", BUNDLED_MODEL,
+    lay_into_hub_cache(cache, "someone/pneumonia-mobilenetv2", BUNDLED_MODEL,
                        [p.name for p in BUNDLED_MODEL.iterdir() if p.is_file()])
     rows = bundled_test_films[0]
     picked = list(range(0, 624, 31))  # 21 films of both classes
@@ -53,14 +53,14 @@ import json, sys, pneumonia
 from pneumonia import load_classifier, open_image
 assert pneumonia.__file__.startswith({str(venv)!r}), pneumonia.__file__
 out = {{}}
-for source in ({str(BUNDLED_MODEL)!r}, "hf-hub:someone/pneumonia-resnet18-half"):
+for source in ({str(BUNDLED_MODEL)!r}, "hf-hub:someone/pneumonia-mobilenetv2"):
     readings = load_classifier(source, backend="onnx").read([open_image(f) for f in {files!r}])
     out[source] = [[r.probabilities["PNEUMONIA"], r.outcome, r.kind] for r in readings]
 print(json.dumps(out))
 """
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HOME": str(tmp_path)}
     found = json.loads(_run(python, "-c", script, cwd=tmp_path, env=env).strip().splitlines()[-1])
-    expected = [bundled_readings["onnx-int8"][i] for i in picked]
+    expected = [bundled_readings["served"][i] for i in picked]
     for source, readings in found.items():
         p = np.array([row[0] for row in readings])
         assert np.abs(p - [r.probabilities["PNEUMONIA"] for r in expected]).max() <= 1e-6, source

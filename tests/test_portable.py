@@ -13,7 +13,7 @@ from PIL import ImageOps
 
 import pneumonia
 from pneumonia.pixels import data_config_from, preprocess
-from tests.conftest import BUNDLED_MODEL, DATA, ROOT
+from tests.conftest import BUNDLED_MODEL, DATA, ROOT, SERVED_BACKEND
 
 BLOCKED = ("torch", "timm", "torchvision", "matplotlib", "gradio", "accelerate", "datasets", "cv2")
 
@@ -78,17 +78,17 @@ def test_the_onnx_backends_read_films_without_torch(bundled_readings, bundled_te
         import json, pneumonia
         files = {files!r}
         out = {{}}
-        for backend in ("onnx-int8", "onnx-fp32"):
+        for backend in ({SERVED_BACKEND!r}, "onnx-fp32"):
             classifier = pneumonia.load_classifier({str(folder)!r}, backend=backend)
             readings = classifier.read([pneumonia.open_image(f) for f in files])
             out[backend] = [[r.probabilities["PNEUMONIA"], r.outcome, r.kind] for r in readings]
         assert not [m for m in sys.modules if m.split(".")[0] in {BLOCKED!r} and sys.modules[m] is not None]
         print(json.dumps(out))
     """)
-    for backend, reference in (("onnx-int8", bundled_readings["onnx-int8"]), ("onnx-fp32", bundled_readings["pytorch"])):
+    for backend, reference in ((SERVED_BACKEND, bundled_readings["served"]), ("onnx-fp32", bundled_readings["pytorch"])):
         expected = [reference[i] for i in picked]
         p = np.array([row[0] for row in found[backend]])
-        tolerance = 1e-6 if backend == "onnx-int8" else 2e-6  # the same file; fp32 ONNX vs PyTorch (measured 5.9e-7)
+        tolerance = 1e-6 if backend == SERVED_BACKEND else 2e-6  # the same file; fp32 ONNX vs PyTorch (measured 5.9e-7)
         assert np.abs(p - [r.probabilities["PNEUMONIA"] for r in expected]).max() <= tolerance, backend
         assert [(row[1], row[2]) for row in found[backend]] == [(r.outcome, r.kind) for r in expected], backend
 
@@ -97,7 +97,7 @@ def test_without_torch_the_heat_map_says_what_to_install():
     example = sorted((ROOT / "examples" / "NORMAL").iterdir())[0]
     message = _without_torch(f"""
         import json, pneumonia
-        classifier = pneumonia.load_classifier({str(BUNDLED_MODEL)!r}, backend="onnx-int8")
+        classifier = pneumonia.load_classifier({str(BUNDLED_MODEL)!r}, backend={SERVED_BACKEND!r})
         try:
             classifier.explain([pneumonia.open_image({str(example)!r})])
         except pneumonia.UsageError as err:

@@ -18,7 +18,7 @@ from PIL import Image
 import pneumonia
 from pneumonia import words
 from pneumonia.preprocessing import ImageOutOfLimits
-from tests.conftest import BUNDLED_MODEL, ROOT, SCOPE
+from tests.conftest import BUNDLED_MODEL, ROOT, SCOPE, SERVED_BACKEND
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = ROOT / "test-artifacts"
@@ -129,7 +129,7 @@ def cheap_check_images() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def int8():
-    return pneumonia.load_classifier(str(BUNDLED_MODEL), backend="onnx-int8")
+    return pneumonia.load_classifier(str(BUNDLED_MODEL), backend=SERVED_BACKEND)
 
 
 def test_every_test_film_reads_in_the_browser_as_on_the_server(private_page, int8, data_dir):

@@ -15,7 +15,7 @@ from pneumonia.answering import NORMAL, PNEUMONIA, UNCERTAIN, Cutoffs, levels_fr
 from pneumonia import words
 from pneumonia.ood import Verdict
 from tests.conftest import BUNDLED_MODEL as BUNDLED
-from tests.conftest import recorded_predictions
+from tests.conftest import SERVED_BACKEND, recorded_predictions
 from train.metrics import (ANSWER_LEVELS, binomial_p_value, choose_cutoffs, choose_side_cutoff, fewest_to_pass,
                            selective_metrics, side_candidates)
 
@@ -102,7 +102,7 @@ def test_folders_from_before_the_levels_keep_loading(tmp_path):
     del config["answer_level"], config["answer_cutoffs"]
     config["uncertain_band"] = 0.35  # as this folder was written before the levels
     (old / "config.json").write_text(json.dumps(config))
-    classifier = pneumonia.load_classifier(str(old), backend="onnx-int8")
+    classifier = pneumonia.load_classifier(str(old), backend=SERVED_BACKEND)
     t = classifier.threshold
     assert classifier.level is None and classifier.cutoffs() == Cutoffs(t - 0.35, t + 0.35)
     reading = classifier._reading({"NORMAL": 0.5, "PNEUMONIA": 0.5}, Verdict(), int(classifier.cutoffs().sides([0.5])[0]), None)
@@ -164,7 +164,7 @@ def test_the_bundled_cut_offs_follow_rule_7_and_hold_its_guarantee_on_shifted_va
         for side in ("normal", "pneumonia"):  # the guarantee, at each side that answers
             assert shifted[side]["answered"] == 0 or shifted[side]["error_bound"] <= 1 - level + 1e-12
     assert levels[0.97].normal_at_most is not None and levels[0.97].pneumonia_at_least is not None  # both sides answer
-    assert pneumonia.load_classifier(str(BUNDLED), backend="onnx-int8").levels == levels
+    assert pneumonia.load_classifier(str(BUNDLED), backend=SERVED_BACKEND).levels == levels
 
 
 def test_the_private_modes_word_templates_give_the_pages_words_for_every_outcome(bundled_app):

@@ -1,6 +1,6 @@
 """Which heat map looks where: Grad-CAM variants compared on a model's validation films.
 
-    python -m train.evaluate.heatmaps models/pneumonia-resnet18-half --sheet docs/img/heatmaps.jpg
+    python -m train.evaluate.heatmaps models/pneumonia-mobilenetv2 --sheet docs/img/heatmaps.jpg
 
 For each method: the mean share of the map's mass in the central chest box (a uniform map
 scores 0.45), over all films and per true label, and its CPU milliseconds per film. The

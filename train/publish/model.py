@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pneumonia.backends import ONNX_FILES
+from pneumonia.backends import COMPACT, ONNX_FILES
 from pneumonia.hub_code import CODE_FILES, add_transformers_code
 from pneumonia.ood import GATE_FILE, INT8_GATE_FILE
 from pneumonia.presets import UsageError
@@ -39,10 +39,11 @@ def publish(folder: Path, repo_id: str, *, private: bool = False, dry_run: bool 
 
 
 def _restore_fp32_onnx(folder: Path) -> None:
-    """Published folders carry fp32 ``model.onnx`` beside the int8 file (the exact one for users of
-    ONNX Runtime); a folder that dropped it to save room (the bundled one) gets it written again."""
+    """Published folders carry fp32 ``model.onnx`` beside the compact file (int8 or fp16 weights; fp32
+    is the exact one for users of ONNX Runtime); a folder that dropped it to save room (the bundled
+    one) gets it written again."""
     fp32 = folder / ONNX_FILES["onnx-fp32"]
-    if fp32.is_file() or not (folder / ONNX_FILES["onnx-int8"]).is_file():
+    if fp32.is_file() or not any((folder / ONNX_FILES[name]).is_file() for name in COMPACT):
         return
     import pneumonia
     from train.export.onnx import export_fp32

@@ -46,8 +46,8 @@ def main() -> None:
         apps = {}
         try:
             for name, checkout in (("baseline", baseline), ("this checkout", ROOT)):
-                apps[name] = start_app({"PNEUMONIA_MODEL": str(checkout / "models" / "pneumonia-mobilenetv2")},
-                                       cwd=checkout)
+                bundled, = (checkout / "models").glob("pneumonia-*")  # each checkout bundles one model folder
+                apps[name] = start_app({"PNEUMONIA_MODEL": str(bundled)}, cwd=checkout)
             seconds = {name: [] for name in apps}
             with httpx.Client(timeout=120) as http:
                 for name, (_, url) in apps.items():

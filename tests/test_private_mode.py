@@ -29,6 +29,9 @@ MAX_DP = 1e-6  # the issue's bound on |P(PNEUMONIA) browser - P server| where th
 # one before it), every one with the same outcome and decision. More films, or more than one step,
 # is a port that differs.
 MAX_STEPPED = 0.02
+# A compact file with fp16 weights computes in fp32 on both sides; WebAssembly's kernels sum in another
+# order than the native ones, so the logits may differ in their last bits.
+MAX_FLOAT_APART = 1e-4
 
 
 def wait_for(page, expression: str, timeout: float = 120) -> None:
@@ -83,9 +86,10 @@ def _without_figures(text: str) -> str:
 
 def assert_same_readings(classifier, paths, found) -> dict:
     """Every film gets the server's outcome, kind, decision and words; its logits are the server's,
-    or one int8 step apart on a few films (``MAX_STEPPED``), whose words then differ only in P."""
+    or one int8 step apart on a few films (``MAX_STEPPED``), whose words then differ only in P; with
+    fp16 weights, within float rounding (``MAX_FLOAT_APART``)."""
     differences = {"logits": [], "dp": [], "stepped": []}
-    step = logit_step(BUNDLED_MODEL)
+    step = logit_step(BUNDLED_MODEL) if SERVED_BACKEND == "onnx-int8" else None
     for path, browser in zip(paths, found, strict=True):
         try:
             logits, reading = read_on_server(classifier, path)
@@ -99,10 +103,14 @@ def assert_same_readings(classifier, paths, found) -> dict:
             assert browser["scores"] == pytest.approx(reading.scores, abs=0.0101), where  # both rounded to 0.01
             continue
         apart = np.abs(np.asarray(browser["logits"], dtype=np.float32) - logits)
-        stepped = bool(apart.max() > 0)
-        assert np.all((apart == 0) | (np.abs(apart - step) <= 1e-4 * step)), (where, apart, step)
+        if step is None:
+            assert apart.max() <= MAX_FLOAT_APART, (where, apart)
+            stepped = False
+        else:
+            stepped = bool(apart.max() > 0)
+            assert np.all((apart == 0) | (np.abs(apart - step) <= 1e-4 * step)), (where, apart, step)
         dp = abs(browser["probabilities"]["PNEUMONIA"] - reading.probabilities["PNEUMONIA"])
-        if stepped:
+        if stepped or (step is None and dp > MAX_DP):  # P's last figures may differ; the words may not
             assert _without_figures(browser["text"]) == _without_figures(words.decision(classifier, reading)), where
         else:
             assert browser["text"] == words.decision(classifier, reading) and dp <= MAX_DP, where
@@ -204,7 +212,8 @@ def test_dicom_reads_in_the_browser_as_on_the_server(private_page, int8, film, w
     paths, compressed = dicom_corpus(film, write_dicom, tmp_path)
     found = read_in_browser(private_page, [*paths, compressed])
     worst = assert_same_readings(int8, paths, found[:-1])
-    assert worst["logits"] == 0.0 and worst["dp"] <= MAX_DP, worst
+    if SERVED_BACKEND == "onnx-int8":  # the same int8 arithmetic: the same logits on these films
+        assert worst["logits"] == 0.0 and worst["dp"] <= MAX_DP, worst
     assert pneumonia.open_image(compressed)  # the server reads it; the browser names its compression and points there
     assert found[-1]["outcome"] == "unreadable"
     assert "compressed as RLE Lossless" in found[-1]["text"] and "use the server mode" in found[-1]["text"]

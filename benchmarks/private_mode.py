@@ -63,8 +63,14 @@ def page_load(context, url: str) -> tuple[float, int, dict]:
 
 def download_sizes() -> tuple[int, int]:
     """The page's files: bytes, and bytes gzipped (what a gzip-serving host sends)."""
+    import pneumonia
+    from pneumonia.backends import ONNX_FILES
+    from pneumonia.private_mode import gate_file
+
+    served = pneumonia.load_classifier(str(BUNDLED_MODEL), backend="auto")  # the compact file the page fetches
     files = [*ROOT.glob("web/*.html"), *ROOT.glob("web/js/*.js"), *(ROOT / "web" / "vendor").glob("*.*"),
-             BUNDLED_MODEL / "config.json", BUNDLED_MODEL / "model.int8.onnx", BUNDLED_MODEL / "ood.onnx-int8.safetensors"]
+             BUNDLED_MODEL / "config.json", BUNDLED_MODEL / ONNX_FILES[served.backend],
+             BUNDLED_MODEL / gate_file(served.config)]
     raw = sum(f.stat().st_size for f in files)
     return raw, sum(len(gzip.compress(f.read_bytes(), 6)) for f in files)
 

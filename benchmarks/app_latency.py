@@ -19,6 +19,7 @@ queue and HTTP. Each request sends a different real test X-ray from ../shared.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -169,8 +170,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         calibration = sorted((DATA / "train" / "NORMAL").iterdir())[:16] + sorted((DATA / "train" / "PNEUMONIA").iterdir())[:16]
         vgg16 = str(with_onnx(random_vgg16(Path(tmp) / "vgg16"), calibration))
-        runs = [("bundled resnet18_half (128 px)", str(BUNDLED), "onnx-int8"),
-                ("bundled resnet18_half (128 px)", str(BUNDLED), "pytorch"),
+        served = pneumonia.load_classifier(str(BUNDLED), backend="auto")  # its compact file, as the app serves it
+        bundled = f"bundled {json.loads((BUNDLED / 'training_config.json').read_text())['model']} " \
+                  f"({served.data_config['input_size'][-1]} px)"
+        runs = [(bundled, str(BUNDLED), served.backend),
+                (bundled, str(BUNDLED), "pytorch"),
                 ("VGG16, random weights (224 px)", vgg16, "onnx-int8"),
                 ("VGG16, random weights (224 px)", vgg16, "pytorch")]
         for name, model, backend in runs:

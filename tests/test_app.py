@@ -125,7 +125,7 @@ def test_bad_uploads_get_a_clear_message(app, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend, message", [
     ("onnx-int8", "has no model.int8.onnx: export it with `python -m train.export FOLDER`"),
-    ("tensorrt", "PNEUMONIA_BACKEND='tensorrt': choose one of auto, onnx, onnx-int8, onnx-fp32, pytorch"),
+    ("tensorrt", "PNEUMONIA_BACKEND='tensorrt': choose one of auto, onnx, onnx-int8, onnx-fp16, onnx-fp32, pytorch"),
 ])
 def test_a_backend_the_folder_cannot_serve_stops_the_app_with_a_message(app, backend, message):
     env = {**os.environ, "PNEUMONIA_MODEL": str(app.model_dir), "PNEUMONIA_BACKEND": backend}

@@ -81,10 +81,9 @@ def test_the_gate_names_the_films_the_app_would_refuse(film, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
     assert report["n"] == 4 and report["ood_refused"] == 2 and report["ood_files"]["refuse"] == ["cup.png", "scan.png"]
-    # IM-0001-0001.jpeg, a darker test film, reads as an adult's to the bundled gate: cautioned, and named
-    assert report["ood_outcomes"] == {"answer": 1, "caution": 1, "refuse": 2}
-    assert ("the out-of-distribution gate, of 4 films: answer 1 (25.0%), caution 1 (25.0%), refuse 2 (50.0%) "
-            "[caution: IM-0001-0001.jpeg; refuse: cup.png, scan.png] (the metrics include them all)") in result.stdout
+    assert report["ood_outcomes"] == {"answer": 2, "caution": 0, "refuse": 2}  # the two films answered, and named
+    assert "the out-of-distribution gate, of 4 films: answer 2 (50.0%)" in result.stdout
+    assert "[refuse: cup.png, scan.png] (the metrics include them all)" in result.stdout
 
 
 def test_outcome_shares_of_any_folder_of_images(scope_set, tmp_path):
@@ -102,8 +101,12 @@ def test_outcome_shares_of_any_folder_of_images(scope_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads((tmp_path / "report" / "outcomes.json").read_text())
     assert found["images"] == 6 and found["skipped_unreadable"] == 1
-    assert found["shares"] == {"answer": 0.0, "caution": 0.5, "refuse": 0.5}
-    assert sorted(found["files"]["refuse"]) == sorted(p.name for p in linked["lateral"])
+    # none answered: the side views refused, the adults cautioned or refused (the bundled gate refuses
+    # about a fifth of adults' films as unlike a child's: one of these three)
+    assert found["shares"] == {"answer": 0.0, "caution": pytest.approx(2 / 6), "refuse": pytest.approx(4 / 6)}
+    adults = {p.name for p in linked["adult_frontal"]}
+    assert {p.name for p in linked["lateral"]} <= set(found["files"]["refuse"])
+    assert set(found["files"]["refuse"]) - {p.name for p in linked["lateral"]} < adults
 
 
 def test_kaggle_folder_split_and_class_folders(trained_model, data_dir, tmp_path):

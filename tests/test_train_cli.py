@@ -68,7 +68,10 @@ def test_each_preset_trains_and_its_folder_reloads_to_the_same_probabilities(pre
     int8 = onnx["int8"]
     within_bar = int8["decision_agreement"] >= 0.99 and int8["mean_abs_dp"] <= 0.01 and int8["outcome_agreement"] >= 0.98
     assert (out / "model.int8.onnx").is_file() == int8["kept"] == within_bar
-    assert pneumonia.load_classifier(str(out), backend="auto").backend == ("onnx-int8" if within_bar else "onnx-fp32")
+    fp16_kept = onnx.get("fp16", {}).get("kept", False)  # tried only when neither int8 file is kept
+    assert (out / "model.fp16.onnx").is_file() == fp16_kept and not (fp16_kept and within_bar)
+    served = "onnx-int8" if within_bar else "onnx-fp16" if fp16_kept else "onnx-fp32"
+    assert pneumonia.load_classifier(str(out), backend="auto").backend == served
 
     # the out-of-distribution gate, fitted at the end of training, travels with the folder
     assert (out / "ood.safetensors").is_file() and config["ood"]["layers"] == pneumonia.torch_model.gate_layers(model)[0]

@@ -165,16 +165,16 @@ def test_bundled_gate_passes_the_example_films_and_refuses_what_is_not_an_xray(b
         image.save(tmp_path / name)
     readings = bundled.read([pneumonia.open_image(tmp_path / name) for name in others])
     assert all(r.refused for r in readings), {n: r.reason for n, r in zip(others, readings)}
-    int8 = pneumonia.load_classifier(str(BUNDLED), backend=SERVED_BACKEND)
-    assert int8.backend == SERVED_BACKEND and int8.onnx_logits.has_features
-    assert [r.refused for r in int8.read([pneumonia.open_image(tmp_path / n) for n in others])] == [True] * len(others)
+    served = pneumonia.load_classifier(str(BUNDLED), backend=SERVED_BACKEND)
+    assert served.backend == SERVED_BACKEND and served.onnx_logits.has_features
+    assert [r.refused for r in served.read([pneumonia.open_image(tmp_path / n) for n in others])] == [True] * len(others)
 
 
 def test_an_onnx_file_without_gate_features_falls_back_to_pytorch_features(bundled, film):
     films = [pneumonia.open_image(film("NORMAL", i)) for i in range(3)]
-    int8 = pneumonia.load_classifier(str(BUNDLED), backend=SERVED_BACKEND)
-    int8.onnx_logits.has_features = False  # as a file exported before the gate existed
-    _, features = int8.forward(int8.pixels(films))
+    served = pneumonia.load_classifier(str(BUNDLED), backend=SERVED_BACKEND)
+    served.onnx_logits.has_features = False  # as a file exported before the gate existed
+    _, features = served.forward(served.pixels(films))
     assert torch.allclose(features, bundled.forward(bundled.pixels(films))[1], atol=1e-5)
 
 

@@ -1,5 +1,5 @@
 """The private mode (web/): films classified in the browser, by ONNX Runtime Web, must read as the
-server's int8 backend reads them, and must not leave the browser.
+server's compact ONNX backend reads them, and must not leave the browser.
 
 Headless Chromium (Debian's) loads the page from the live app, as a visitor's browser would.
 """
@@ -66,7 +66,7 @@ def read_in_browser(page, paths) -> list[dict]:
 
 
 def read_on_server(classifier, path):
-    """load_classifier's int8 backend on one film, as the app reads it: logits and reading."""
+    """load_classifier's compact backend on one film, as the app reads it: logits and reading."""
     image = pneumonia.open_image(path)
     logits = classifier.run(classifier.pixel_array([image]))[0][0]
     return logits, classifier.read([image])[0]
@@ -136,20 +136,20 @@ def cheap_check_images() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def int8():
+def served():
     return pneumonia.load_classifier(str(BUNDLED_MODEL), backend=SERVED_BACKEND)
 
 
-def test_every_test_film_reads_in_the_browser_as_on_the_server(private_page, int8, data_dir):
+def test_every_test_film_reads_in_the_browser_as_on_the_server(private_page, served, data_dir):
     paths = sorted((data_dir / "test").glob("*/*.jpeg"))
     assert len(paths) == 624
     found = read_in_browser(private_page, paths)
-    assert_same_readings(int8, paths, found)
+    assert_same_readings(served, paths, found)
     outcomes = {outcome: sum(f["outcome"] == outcome for f in found) for outcome in ("answer", "caution", "uncertain")}
     assert min(outcomes.values()) > 0, outcomes  # every outcome the model gives test films was compared
 
 
-def test_scope_images_and_full_resolution_films_read_as_on_the_server(private_page, int8, data_dir, scope_set, tmp_path):
+def test_scope_images_and_full_resolution_films_read_as_on_the_server(private_page, served, data_dir, scope_set, tmp_path):
     """CT, MRI, other body parts, side views and adults (refusals and cautions), the drawn photos
     and pages (the colour and blank checks), and films upscaled to 2000 px, which take the
     resize's other path (a big shrink)."""
@@ -165,7 +165,7 @@ def test_scope_images_and_full_resolution_films_read_as_on_the_server(private_pa
         Image.fromarray(pixels).save(tmp_path / name)
         paths.append(tmp_path / name)
     found = read_in_browser(private_page, paths)
-    assert_same_readings(int8, paths, found)
+    assert_same_readings(served, paths, found)
     kinds = {f.get("kind") for f in found if f["outcome"] == "refuse"}
     assert {"colour", "blank", "ct", "mri", "lateral"} <= kinds, kinds
     # no probability bars on a refusal, as on the server; answers keep theirs
@@ -208,10 +208,10 @@ def dicom_corpus(film, write_dicom, folder) -> list:
     return paths, folder / "rle.dcm"
 
 
-def test_dicom_reads_in_the_browser_as_on_the_server(private_page, int8, film, write_dicom, tmp_path):
+def test_dicom_reads_in_the_browser_as_on_the_server(private_page, served, film, write_dicom, tmp_path):
     paths, compressed = dicom_corpus(film, write_dicom, tmp_path)
     found = read_in_browser(private_page, [*paths, compressed])
-    worst = assert_same_readings(int8, paths, found[:-1])
+    worst = assert_same_readings(served, paths, found[:-1])
     if SERVED_BACKEND == "onnx-int8":  # the same int8 arithmetic: the same logits on these films
         assert worst["logits"] == 0.0 and worst["dp"] <= MAX_DP, worst
     assert pneumonia.open_image(compressed)  # the server reads it; the browser names its compression and points there

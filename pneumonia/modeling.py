@@ -57,8 +57,8 @@ class Reading:
 
     @property
     def adult(self) -> bool:
-        """The gate took it for an adult's film (answered with a caution, or uncertain)."""
-        return self.kind == "adult"
+        """The gate took it for an adult's film and answered it with a caution (or held it as uncertain)."""
+        return self.kind == "adult" and not self.refused
 
     @property
     def reason(self) -> str | None:

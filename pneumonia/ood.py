@@ -88,6 +88,10 @@ REASONS = {
     "lateral": "it looks like a side view (lateral) of the chest, and the model reads frontal films only",
     "photo_or_document": "it looks like a photo or a document, not an X-ray",
     "not_frontal_chest": "it does not look like a frontal chest X-ray",  # refused, but the kind is not clear
+    # refused as far from the training films, though the refusal head takes it for a frontal chest film,
+    # and P(adult) above its cut-off
+    "adult": "it looks like an adult's chest X-ray, and unlike the children's films (aged 1 to 5) this model "
+             "was trained on",
 }
 UPLOAD_INSTEAD = "upload a frontal chest X-ray of a child (PNG, JPEG or DICOM)"
 
@@ -95,7 +99,7 @@ UPLOAD_INSTEAD = "upload a frontal chest X-ray of a child (PNG, JPEG or DICOM)"
 @dataclass
 class Verdict:
     """The gate's word on one image: "answer", "caution" (kind "adult") or "refuse" (kind: a
-    REASONS key), with the scores behind it."""
+    REASONS key, "adult" among them), with the scores behind it."""
 
     outcome: str = "answer"
     kind: str | None = None
@@ -183,6 +187,7 @@ class OodGate:
     heads: LinearHeads | None = None  # version 2, fitted with real out-of-scope images
     cuts: dict[str, float] = field(default_factory=dict)  # on the heads: "refuse", "adult", "kind" (to name it)
     pass_share: float = PASS_SHARE    # share of clean validation inside the distance cut-off
+    budgets: dict = field(default_factory=dict)  # what the cuts may refuse / caution of each validation split
 
     @property
     def feature_width(self) -> int:
@@ -226,12 +231,13 @@ class OodGate:
         for i, distance in enumerate(distances):
             scores = {"distance": float(distance), "not_frontal_chest": float(p["not_frontal_chest"][i]),
                       "adult": float(p["adult"][i])}
+            adult = p["adult"][i] > self.cuts["adult"]
             if p["not_frontal_chest"][i] > self.cuts["refuse"]:  # named only where the kind head is sure
                 sure = p["kind"][i].max() >= self.cuts.get("kind", 0.0)
                 found.append(Verdict("refuse", KINDS[int(p["kind"][i].argmax())] if sure else "not_frontal_chest", scores))
-            elif distance > self.cutoff:
-                found.append(Verdict("refuse", "unlike", scores))
-            elif p["adult"][i] > self.cuts["adult"]:
+            elif distance > self.cutoff:  # a frontal chest film to the refusal head, far from the children's films
+                found.append(Verdict("refuse", "adult" if adult else "unlike", scores))
+            elif adult:
                 found.append(Verdict("caution", "adult", scores))
             else:
                 found.append(Verdict("answer", None, scores))
@@ -241,7 +247,8 @@ class OodGate:
         return {"file": GATE_FILE, "version": 2 if self.heads else 1, "method": "mahalanobis" + ("+heads" if self.heads else ""),
                 "layers": self.layers, "widths": self.widths, "halves": self.halves, "cutoff": self.cutoff,
                 "cuts": self.cuts, "kinds": list(KINDS), "max_colourfulness": MAX_COLOURFULNESS,
-                "min_grey_spread": MIN_GREY_SPREAD, "pass_share": self.pass_share}
+                "min_grey_spread": MIN_GREY_SPREAD, "pass_share": self.pass_share,
+                **({"budgets": self.budgets} if self.budgets else {})}
 
     def save(self, folder: Path, name: str = GATE_FILE) -> None:
         from safetensors.numpy import save_file
@@ -262,7 +269,7 @@ class OodGate:
         tensors = {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}
         gate = cls(list(config["layers"]), list(config["widths"]), [], float(config["cutoff"]),
                    bool(config.get("halves", False)), cuts=dict(config.get("cuts", {})),
-                   pass_share=float(config.get("pass_share", PASS_SHARE)))
+                   pass_share=float(config.get("pass_share", PASS_SHARE)), budgets=dict(config.get("budgets", {})))
         gate.parts = [FeatureGaussians(tensors[f"{b}.center"], tensors[f"{b}.whiten"], tensors[f"{b}.class_means"],
                                        float(tensors[f"{b}.scale"][0])) for b in gate._block_names()]
         gate.heads = LinearHeads.from_tensors(tensors) if "head.refuse.weight" in tensors else None

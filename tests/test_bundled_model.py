@@ -86,7 +86,7 @@ def test_the_gate_refuses_and_cautions_the_test_films_it_did_when_fitted(bundled
     readings = bundled_readings["pytorch"]
     refused = {name for name, reading in zip(names, readings) if reading.refused}
     assert refused == REFUSED_TEST_FILMS and len(refused) == recorded["refused"]
-    # 26 cautioned: "caution", or "uncertain" with the adult's caution (kind "adult") between the cut-offs
+    # 17 cautioned: "caution", or "uncertain" with the adult's caution (kind "adult") between the cut-offs
     assert sum(reading.adult and not reading.refused for reading in readings) == recorded["cautioned"]
 
 

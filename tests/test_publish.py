@@ -60,7 +60,7 @@ def test_every_run_gets_a_card_whose_model_index_holds_its_test_metrics(run_fold
     assert "not a diagnosis" in card.text and "Kermany" in card.text and "hf-hub:USER/pneumonia-cnn" in card.text
     assert f"{metrics['validation']['f1']:.3f}" in card.text  # validation numbers in the text
     assert "## What it judges: the out-of-distribution gate" in card.text and f"{metrics['ood']['splits']['test']['films']} |" in card.text
-    lateral = metrics["ood"]["scope"]["leave_one_source_out"]["lateral"]  # the table per scope category
+    lateral = metrics["ood"]["scope"]["leave_one_dataset_out"]["lateral"]  # the table per scope category
     assert f"| lateral | {lateral['images']} | {100 * lateral['refused']:.1f}% (" in card.text
 
 

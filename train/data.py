@@ -207,7 +207,8 @@ def make_loaders(
     shuffle_train: bool = True,
 ) -> dict[str, torch.utils.data.DataLoader]:
     """Shuffled (or class-balanced) augmented train loader; plain, ordered eval loaders,
-    among them the shifted validation: the validation films, each with its fixed shift.
+    among them the shifted validation (the validation films, each with its fixed shift) and the
+    training films each with a fixed shift of another seed.
     ``check_images``: the eval loaders also run the out-of-distribution gate's image checks."""
     input_size = tuple(data_config["input_size"])
 
@@ -230,6 +231,8 @@ def make_loaders(
         "validation": loader("validation", evaluation),
         "shifted_validation": loader("validation", evaluation, partial(shifted_film, seed=shift_seed)),
         "test": loader("test", evaluation),
+        # Children's films as other sites deliver them, for the gate's heads (never the model's training).
+        "shifted_train": loader("train", evaluation, partial(shifted_film, seed=shift_seed + 1)),
     }
 
 

@@ -137,7 +137,7 @@ def fit_and_store_gate(folder: Path, layers, widths, found: dict, scope_set, lea
         gate = fit.fit_gate(layers, widths, found, scope_set)
         gate.save(folder)
         update_json(folder / "config.json", ood=gate.to_config())
-    step = "gate: score" + (" (leave-one-source-out)" if leave_one_out and scope_set is not None else "")
+    step = "gate: score" + (" (leave-one-dataset-out)" if leave_one_out and scope_set is not None else "")
     with clock.step(step):
         classifier = pneumonia.load_classifier(str(folder), backend="pytorch")
         report = fit.gate_report(gate, found, classifier, scope_set, leave_one_out)

@@ -21,7 +21,7 @@ from pneumonia.preprocessing import XrayPreprocessing, transform_steps
 from train import data
 from train.augment import Augment
 
-SPLITS = ("train", "validation", "shifted_validation", "test")
+SPLITS = ("train", "validation", "shifted_validation", "test", "shifted_train")
 # What a runner may ask for: a split, every draw of the scope images, or their clean draw only.
 SETS = (*SPLITS, "scope", "scope_clean")
 # pixels (N, C, H, W) float32 -> (logits, gate features), as NumPy

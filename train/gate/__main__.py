@@ -1,7 +1,7 @@
 """Fit (or refit) a model folder's out-of-distribution gate.
 
     python -m train.gate runs/cnn [--dataset ../shared/data/chest_xray] [--scope ../shared/data/scope]
-    python -m train.gate runs/cnn --compare      # leave-one-source-out figures of each head option
+    python -m train.gate runs/cnn --compare      # leave-one-dataset-out figures of each head option
 
 Training fits the gate at its end; this fits folders trained before the gate existed, or refits
 one. It writes ``ood.safetensors``, ``config.json["ood"]`` and ``metrics.json["ood"]``, re-exports
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scope", help="the scope images (folder with provenance.csv); default: the one in "
                                         "training_config.json, else ../shared/data/scope")
     parser.add_argument("--compare", nargs="*", choices=list(fit.COMPARE_GRID), metavar="HEAD",
-                        help="print the leave-one-source-out figures of each option of these heads (default: all) "
+                        help="print the leave-one-dataset-out figures of each option of these heads (default: all) "
                              "and write nothing")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
@@ -66,9 +66,10 @@ def compare(folder: Path, splits, training: dict, scope_dir: str | None, batch_s
         raise UsageError("--compare needs the scope images: give --scope FOLDER")
     layers, widths = gate_layers(classifier.model)
     tapped = WithGateFeatures(classifier.model, layers)
-    draws = max(value for options in grid.values() for key, value in options if key == "draws")
+    draws = max(max(change.get("draws", 0) for change in changes) for changes in grid.values())
     images = loaders(folder, classifier, splits, scope_set, training, batch_size, num_workers, draws)
-    found = sweep.sweep({"pytorch": (sweep.torch_runner(tapped), (*sweep.SPLITS, "scope"))}, images, training["seed"])
+    sets = (*(name for name in sweep.SPLITS if name != "test"), "scope")  # choices never read the test split
+    found = sweep.sweep({"pytorch": (sweep.torch_runner(tapped), sets)}, images, training["seed"])
     return fit.compare_options(layers, widths, found["pytorch"], scope_set, grid)
 
 

@@ -3,7 +3,7 @@
 The Gaussians come from the training films under the run's own augmentation; the heads from
 those films against the scope images (``train/gate/scope.py``, which also states the cut-off
 rule); the cut-offs from clean and shifted validation. Then the gate is scored, once, on test,
-on the scope images (in-sample and leave-one-source-out) and on non-X-ray probes. Everything here
+on the scope images (in-sample and leave-one-dataset-out) and on non-X-ray probes. Everything here
 works on features already read (``train.sweep``); ``train.post_training`` reads them and stores
 the gate, and ``python -m train.gate`` refits a folder's gate.
 """
@@ -33,9 +33,10 @@ def fit_gate(layers: list[str], widths: list[int], found: Found, scope_set: scop
 
 def scope_features(found: Found, scope_set: scope.ScopeSet) -> scope.Features:
     rows = found["scope_clean"].index
-    return scope.Features(found["train"].features, found["validation"].features,
+    shifted_train = found["shifted_train"].features if "shifted_train" in found else found["train"].features[:0]
+    return scope.Features(found["train"].features, shifted_train, found["validation"].features,
                           found["shifted_validation"].features, [draw.features for draw in found["scope"]],
-                          scope_set.categories[rows], scope_set.sources[rows])
+                          scope_set.categories[rows], scope_set.datasets[rows])
 
 
 def outcome_counts(gate: OodGate, features: np.ndarray, odd: np.ndarray) -> dict:
@@ -50,18 +51,19 @@ def outcome_counts(gate: OodGate, features: np.ndarray, odd: np.ndarray) -> dict
 def gate_report(gate: OodGate, found: Found, classifier: pneumonia.Classifier, scope_set: scope.ScopeSet | None,
                 leave_one_out: bool = True) -> dict:
     """metrics.json's "ood": the gate's outcomes on each split, on the scope images (in-sample and,
-    with ``leave_one_out``, leave-one-source-out), on adults' films and on the non-X-ray probes."""
+    with ``leave_one_out``, leave-one-dataset-out), on adults' films and on the non-X-ray probes."""
     report = {"fitted_on": {"split": "train", "films": int(len(found["train"].labels))}, "version": 2 if gate.heads else 1,
               "splits": {name: outcome_counts(gate, found[name].features, found[name].odd)
                          for name in ("validation", "shifted_validation", "test")}}
     if gate.heads is not None and scope_set is not None:
         features = scope_features(found, scope_set)
-        report["scope"] = {"sources": sorted(set(features.sources)), "images": len(features.categories),
+        report["scope"] = {"datasets": sorted(set(features.datasets)), "images": len(features.categories),
                            "drawn_from": scope_set.drawn_from or len(scope_set.images),
+                           "sampled": scope_set.drawn_from is not None,  # a quick run's share of them
                            "augmented_draws": len(features.scope) - 1,
-                           "in_sample": scope.shares(gate.verdicts(features.scope[0]), features.categories)}
+                           "in_sample": scope.shares(gate.verdicts(features.scope[0]), features.categories, features.datasets)}
         if leave_one_out:
-            report["scope"]["leave_one_source_out"] = scope.leave_one_source_out(gate, features)
+            report["scope"]["leave_one_dataset_out"] = scope.leave_one_dataset_out(gate, features)
         report["adult_films"] = adult_films(found["scope_clean"], scope_set, classifier)
     report["probes"] = probe_report(classifier)
     return report
@@ -94,9 +96,12 @@ def summary(report: dict) -> str:
         scope_read = report["scope"]
         lines.append(f"gate: fitted with {scope_read['images']} of the {scope_read['drawn_from']} scope images, "
                      f"{scope_read['augmented_draws']} augmented draws of each (in proportion to the run's training films)")
-    for category, found in report.get("scope", {}).get("leave_one_source_out", {}).items():
-        lines.append(f"gate: {category}: {found['refused']:.1%} refused, {found['cautioned']:.1%} cautioned of "
-                     f"{found['images']} (leave-one-source-out)")
+    for category, found in report.get("scope", {}).get("leave_one_dataset_out", {}).items():
+        lines.append(f"gate: {category}: {found['refused']:.1%} refused ({found['refused_as_adult']:.1%} as an adult's "
+                     f"film), {found['cautioned']:.1%} cautioned of {found['images']} (leave-one-dataset-out)")
+        for name, held in found.get("by_dataset", {}).items():
+            lines.append(f"gate:   {name}: {held['answered']:.1%} answered without a caution, {held['cautioned']:.1%} "
+                         f"cautioned, {held['refused_as_adult']:.1%} refused as an adult's film of {held['images']}")
     refused = [p for p in report["probes"] if p["refused"]]
     lines.append(f"gate: refuses {len(refused)} of {len(report['probes'])} non-X-ray probes; passes: "
                  + (", ".join(p["name"] for p in report["probes"] if not p["refused"]) or "none"))
@@ -105,15 +110,27 @@ def summary(report: dict) -> str:
 
 def compare_options(layers: list[str], widths: list[int], found: Found, scope_set: scope.ScopeSet,
                     grid: dict) -> list[dict]:
-    """Leave-one-source-out shares per category for each head option in ``grid`` (nothing is written)."""
+    """Leave-one-dataset-out shares per category for each row of ``grid`` (nothing is written):
+    a row changes some options of one head from ``scope.OPTIONS``; the head "both" changes the
+    refusal and the adult head together."""
     gate, features, rows = fit_gate(layers, widths, found, None), scope_features(found, scope_set), []
-    for head, values in grid.items():
-        for key, value in values:
-            options = {**scope.OPTIONS, head: {**scope.OPTIONS[head], key: value}}
-            rows.append({"head": head, key: value, **scope.leave_one_source_out(gate, features, options)})
+    for head, changes in grid.items():
+        for change in changes:
+            changed = ("refuse", "adult") if head == "both" else (head,)
+            options = {**scope.OPTIONS, **{h: {**scope.OPTIONS[h], **change} for h in changed}}
+            rows.append({"head": head, **change, **scope.leave_one_dataset_out(gate, features, options)})
     return rows
 
 
-COMPARE_GRID = {"refuse": [("C", 0.001), ("C", 0.01), ("C", 0.1), ("C", 1.0), ("draws", 0), ("draws", 4)],
-                "adult": [("C", 0.001), ("C", 0.01), ("C", 0.1), ("draws", 0), ("draws", 4)],
-                "kind": [("C", 0.01), ("C", 0.1), ("C", 1.0), ("draws", 0), ("draws", 4)]}
+def _budgets(*pairs: tuple[float, float]) -> list[dict]:
+    return [{"validation": clean, "shifted_validation": shifted} for clean, shifted in pairs]
+
+
+COMPARE_GRID = {
+    "refuse": [{"C": c} for c in (0.001, 0.01, 0.1, 1.0)] + [{"draws": d} for d in (0, 4)],
+    "adult": [{"C": c} for c in (0.001, 0.01, 0.1, 1.0)] + [{"draws": d} for d in (0, 4)]
+             + [{"children": children, "caution_budget": budget} for children in ("augmented", "shifted")
+                for budget in _budgets((0.01, 0.02), (0.005, 0.01), (0.0025, 0.005))],
+    "both": [{"children": "shifted"}],
+    "kind": [{"C": c} for c in (0.01, 0.1, 1.0)] + [{"draws": d} for d in (0, 4)],
+}

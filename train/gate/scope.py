@@ -1,18 +1,21 @@
 """What the gate learns from real images the model must not judge, and how well that generalises.
 
 The scope set (``../shared/data/scope``: CT and MRI slices, radiographs of other body parts,
-side views, adult frontal films, each with its source repository in ``provenance.csv``) fits
-the gate's heads (``pneumonia.ood.LinearHeads``) against the training films. Its own sources
-are not the uploads that count, so the figures reported are leave-one-source-out: each source's
-images are judged by heads fitted without them.
+side views, adult frontal films, each with its data set in ``provenance.csv``) fits the gate's
+heads (``pneumonia.ood.LinearHeads``) against the training films. Its own data sets are not the
+uploads that count, so the figures reported are leave-one-dataset-out: each data set's images
+are judged by heads fitted without them, whichever repositories they came through.
 
 The rule that sets the cut-offs, fixed before any result was read:
 * distance: refuse what lies beyond the 99.9th percentile of clean validation (a wide net for
   what is like nothing seen: photos, documents, noise);
 * P(not a frontal chest film): the lowest cut-off at which the gate as a whole refuses at most
   1% of clean validation and 5% of shifted validation;
-* P(an adult's film): the lowest cut-off that cautions at most 1% of the clean and 2% of the
-  shifted validation films the gate lets through.
+* P(an adult's film): the lowest cut-off that cautions at most a budget of the clean and the
+  shifted validation films the gate lets through (``OPTIONS["adult"]["caution_budget"]``).
+
+The options of each head were chosen by rule 9 of docs/choices.md, on the leave-one-dataset-out
+figures of the bundled model (``python -m train.gate FOLDER --compare``).
 """
 from __future__ import annotations
 
@@ -30,12 +33,15 @@ DEFAULT_SCOPE = Path(__file__).resolve().parents[3] / "shared" / "data" / "scope
 CATEGORIES = (*KINDS, "adult_frontal")
 WIDE_NET = 0.999  # share of clean validation inside the distance cut-off
 REFUSE_BUDGET = {"validation": 0.01, "shifted_validation": 0.05}
-CAUTION_BUDGET = {"validation": 0.01, "shifted_validation": 0.02}
-# Chosen by leave-one-source-out on the bundled model (docs/ood-gate.md): the
-# regularisation of each head and how many augmented draws of each scope image it sees.
-OPTIONS = {"refuse": {"C": 0.01, "draws": 0}, "adult": {"C": 0.01, "draws": 0}, "kind": {"C": 0.1, "draws": 4}}
+# Per head: its regularisation, how many augmented draws of each scope image it sees, and the
+# children's films it learns from: the training films under the run's augmentation ("augmented"),
+# or those and the training films under the shifted validation's perturbations ("shifted" too).
+OPTIONS = {"refuse": {"C": 0.01, "draws": 0, "children": "augmented"},
+           "adult": {"C": 0.01, "draws": 0, "children": "shifted",
+                     "caution_budget": {"validation": 0.005, "shifted_validation": 0.01}},
+           "kind": {"C": 0.1, "draws": 4, "children": "augmented"}}
 # A refusal names the kind when the kind head gives it at least this probability: leave-one-source-out, the
-# named medical kinds were right for 92% of the 156 of 285 refused images it named (README).
+# named medical kinds were right for 92% of the 156 of 285 refused images it named (an earlier model; docs/ood-gate.md).
 NAMING_CONFIDENCE = 0.8
 MIN_PER_SOURCE = 3  # scope images a quick run's gate reads from each source
 
@@ -43,11 +49,12 @@ MIN_PER_SOURCE = 3  # scope images a quick run's gate reads from each source
 @dataclass
 class ScopeSet:
     """The images the gate learns from: per image, as training's datasets hold images (path or
-    bytes), its category, its source and the source's finding ("normal", ...; "" where none)."""
+    bytes), its category, its data set (``provenance.csv``'s ``dataset``: one data set may come
+    through several repositories) and the finding ("normal", ...; "" where none)."""
 
     images: list[dict]
     categories: np.ndarray
-    sources: np.ndarray
+    datasets: np.ndarray
     findings: np.ndarray
     drawn_from: int | None = None  # images in the whole set, when this is a sample of it
 
@@ -71,24 +78,24 @@ def load_scope(folder: Path | str | None = None) -> ScopeSet | None:
     images = [{"path": str(folder / row["file"]), "bytes": None} for row in rows]
     images += [{"path": None, "bytes": _png(image)} for _, image in drawn]
     return ScopeSet(images, np.array([row["category"] for row in rows] + ["photo_or_document"] * len(drawn)),
-                    np.array([row["repo"] for row in rows] + [_drawn_source(name) for name, _ in drawn]),
+                    np.array([row["dataset"] for row in rows] + [_drawn_source(name) for name, _ in drawn]),
                     np.array([row["label"] for row in rows] + [""] * len(drawn)))
 
 
 def in_proportion(scope_set: ScopeSet, training_films: int, seed: int) -> ScopeSet:
-    """About as many scope images as the run has training films: the same share of every source,
-    and at least ``MIN_PER_SOURCE`` from each (seeded). A quick run on a few dozen films fits its
-    gate in seconds; a run on the whole training split, on every image."""
+    """About as many scope images as the run has training films: the same share of every data
+    set, and at least ``MIN_PER_SOURCE`` from each (seeded). A quick run on a few dozen films fits
+    its gate in seconds; a run on the whole training split, on every image."""
     if training_films >= len(scope_set.images):
         return scope_set
-    sources = np.unique(scope_set.sources)
-    per_source = max(MIN_PER_SOURCE, training_films // len(sources))
+    names = np.unique(scope_set.datasets)
+    per_source = max(MIN_PER_SOURCE, training_films // len(names))
     rng, keep = np.random.default_rng(seed), []
-    for source in sources:
-        rows = np.flatnonzero(scope_set.sources == source)
+    for name in names:
+        rows = np.flatnonzero(scope_set.datasets == name)
         keep += sorted(rng.permutation(rows)[:per_source].tolist())
     keep = np.array(sorted(keep))
-    return ScopeSet([scope_set.images[i] for i in keep], scope_set.categories[keep], scope_set.sources[keep],
+    return ScopeSet([scope_set.images[i] for i in keep], scope_set.categories[keep], scope_set.datasets[keep],
                     scope_set.findings[keep], drawn_from=len(scope_set.images))
 
 
@@ -114,11 +121,12 @@ class Features:
     """Gate features of what the heads are fitted and calibrated on."""
 
     train: np.ndarray               # training films, under training augmentation
+    shifted_train: np.ndarray       # training films, under the shifted validation's perturbations
     validation: np.ndarray
     shifted_validation: np.ndarray
     scope: list[np.ndarray]         # [clean, augmented draw 1, ...], each (n, d)
     categories: np.ndarray          # of the readable scope images
-    sources: np.ndarray
+    datasets: np.ndarray
 
 
 def fit_heads(gate: OodGate, found: Features, keep: np.ndarray | None = None, options: dict = OPTIONS) -> None:
@@ -129,23 +137,32 @@ def fit_heads(gate: OodGate, found: Features, keep: np.ndarray | None = None, op
               (("train", found.train), ("validation", found.validation), ("shifted", found.shifted_validation))}
     draws = [gate.head_inputs(x[keep]) for x in found.scope]
     categories = found.categories[keep]
+    shifted_children = None
 
     def scope_part(head: str, wanted) -> np.ndarray:
         return np.concatenate([d[np.isin(categories, wanted)] for d in draws[:1 + options[head]["draws"]]])
 
+    def children(head: str) -> np.ndarray:
+        nonlocal shifted_children
+        if options[head]["children"] == "augmented" or not len(found.shifted_train):
+            return inputs["train"]
+        if shifted_children is None:
+            shifted_children = np.concatenate([inputs["train"], gate.head_inputs(found.shifted_train)])
+        return shifted_children
+
     # P(not a frontal chest film): the other kinds against the children's and the adults' frontal
     # films; P(adult): adults' against children's frontal films. Each group weighs the same.
-    refuse = _logistic([(inputs["train"], 0), (scope_part("refuse", ["adult_frontal"]), 0),
+    refuse = _logistic([(children("refuse"), 0), (scope_part("refuse", ["adult_frontal"]), 0),
                         (scope_part("refuse", KINDS), 1)], options["refuse"]["C"])
     adults = scope_part("adult", ["adult_frontal"])
-    adult = (_logistic([(inputs["train"], 0), (adults, 1)], options["adult"]["C"]) if len(adults)
+    adult = (_logistic([(children("adult"), 0), (adults, 1)], options["adult"]["C"]) if len(adults)
              else (np.zeros(inputs["train"].shape[1]), -1e4))  # no adult films to learn from: never a caution
     kind = _multinomial([(scope_part("kind", [k]), i) for i, k in enumerate(KINDS)], options["kind"]["C"])
     gate.heads = LinearHeads(refuse, adult, kind)
-    _set_cuts(gate, found, inputs)
+    _set_cuts(gate, found, inputs, options["adult"]["caution_budget"])
 
 
-def _set_cuts(gate: OodGate, found: Features, inputs: dict) -> None:
+def _set_cuts(gate: OodGate, found: Features, inputs: dict, caution_budget: dict[str, float]) -> None:
     distance = {"validation": gate.scores(found.validation), "shifted_validation": gate.scores(found.shifted_validation)}
     gate.cutoff = float(np.quantile(distance["validation"], WIDE_NET, method="inverted_cdf"))
     gate.pass_share = WIDE_NET
@@ -154,9 +171,10 @@ def _set_cuts(gate: OodGate, found: Features, inputs: dict) -> None:
     far = {name: distance[name] > gate.cutoff for name in distance}
     gate.cuts["refuse"] = _lowest_cut({n: p[n]["not_frontal_chest"] for n in p}, REFUSE_BUDGET, far)
     passed = {n: ~(far[n] | (p[n]["not_frontal_chest"] > gate.cuts["refuse"])) for n in p}
-    gate.cuts["adult"] = _lowest_cut({n: p[n]["adult"][passed[n]] for n in p}, CAUTION_BUDGET,
+    gate.cuts["adult"] = _lowest_cut({n: p[n]["adult"][passed[n]] for n in p}, caution_budget,
                                      {n: np.zeros(passed[n].sum(), bool) for n in p})
     gate.cuts["kind"] = NAMING_CONFIDENCE
+    gate.budgets = {"refuse": dict(REFUSE_BUDGET), "caution": dict(caution_budget)}
 
 
 def _lowest_cut(scores: dict[str, np.ndarray], budget: dict[str, float], already: dict[str, np.ndarray]) -> float:
@@ -205,27 +223,36 @@ def _stacked(groups: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarr
             weight / weight.mean())
 
 
-def shares(verdicts, categories: np.ndarray) -> dict[str, dict]:
-    """Per category: images, the share refused, the share refused and named as that kind, and
-    the share cautioned."""
+def shares(verdicts, categories: np.ndarray, datasets: np.ndarray | None = None) -> dict[str, dict]:
+    """Per category: images, the share refused, refused and named as that kind, refused as an
+    adult's film, and cautioned; for adults' films also per data set (with ``datasets``)."""
+    def share_of(rows: np.ndarray) -> dict:
+        return {"images": int(rows.sum()), "refused": float(refused[rows].mean()), "named": float((refused & named)[rows].mean()),
+                "refused_as_adult": float((refused & as_adult)[rows].mean()), "cautioned": float(cautioned[rows].mean()),
+                "answered": float((~refused & ~cautioned)[rows].mean())}
+
     refused = np.array([v.outcome == "refuse" for v in verdicts])
-    named = np.array([v.kind for v in verdicts]) == categories
+    kinds = np.array([v.kind for v in verdicts])
+    named, as_adult = kinds == categories, kinds == "adult"
     cautioned = np.array([v.outcome == "caution" for v in verdicts])
-    return {c: {"images": int((categories == c).sum()), "refused": float(refused[categories == c].mean()),
-                "named": float((refused & named)[categories == c].mean()),
-                "cautioned": float(cautioned[categories == c].mean())} for c in CATEGORIES if (categories == c).any()}
+    found = {c: share_of(categories == c) for c in CATEGORIES if (categories == c).any()}
+    adults = categories == "adult_frontal"
+    if datasets is not None and adults.any():
+        found["adult_frontal"]["by_dataset"] = {name: share_of(adults & (datasets == name))
+                                                for name in sorted(set(datasets[adults]))}
+    return found
 
 
-def leave_one_source_out(gate: OodGate, found: Features, options: dict = OPTIONS) -> dict[str, dict]:
-    """Per category, the shares refused and cautioned when each source's images are judged by
-    heads fitted without that source. ``gate`` keeps its own heads."""
+def leave_one_dataset_out(gate: OodGate, found: Features, options: dict = OPTIONS) -> dict[str, dict]:
+    """Per category (and per adult data set), the shares refused and cautioned when each data
+    set's images are judged by heads fitted without that data set. ``gate`` keeps its own heads."""
     import copy
 
     verdicts = [None] * len(found.categories)
-    for source in np.unique(found.sources):
-        held = found.sources == source
+    for name in np.unique(found.datasets):
+        held = found.datasets == name
         fold = copy.deepcopy(gate)
         fit_heads(fold, found, keep=~held, options=options)
         for i, verdict in zip(np.flatnonzero(held), fold.verdicts(found.scope[0][held])):
             verdicts[i] = verdict
-    return shares(verdicts, found.categories)
+    return shares(verdicts, found.categories, found.datasets)

@@ -84,7 +84,7 @@ export class Gate {
       const best = kinds.indexOf(Math.max(...kinds));
       return { outcome: "refuse", kind: kinds[best] >= (cuts.kind ?? 0) ? KINDS[best] : "not_frontal_chest", scores };
     }
-    if (distance > this.settings.cutoff) return { outcome: "refuse", kind: "unlike", scores };
+    if (distance > this.settings.cutoff) return { outcome: "refuse", kind: adult > cuts.adult ? "adult" : "unlike", scores };
     if (adult > cuts.adult) return { outcome: "caution", kind: "adult", scores };
     return { outcome: "answer", kind: null, scores };
   }

@@ -4,6 +4,9 @@
     PNEUMONIA_MODEL=hf-hub:USER/pneumonia-vgg16 python app.py
     PNEUMONIA_MODEL=runs/vgg16 python app.py          # any folder written by `python -m train`
 
+On a Hugging Face Space without PNEUMONIA_MODEL it serves the Space author's pneumonia-vgg16, else
+the bundled model, and says why (serving/model_choice.py).
+
 Research and education only: not a diagnosis.
 """
 from __future__ import annotations
@@ -20,9 +23,9 @@ from PIL import Image
 from pneumonia import Reading, UsageError, load_classifier, open_image, private_mode, to_model_mode, words
 from pneumonia.backends import BACKENDS
 from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage, is_dicom
+from serving.model_choice import serve
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-mobilenetv2"
-MODEL_SOURCE = os.environ.get("PNEUMONIA_MODEL", str(DEFAULT_MODEL))
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent / "examples"
 FILM_VIEW_SIDE = 1024  # the page shows the film at most this large
 
@@ -37,9 +40,10 @@ def _backend() -> str:
 
 
 try:
-    classifier = load_classifier(MODEL_SOURCE, backend=_backend())  # once, at start-up
+    served = serve(os.environ, DEFAULT_MODEL, lambda source: load_classifier(source, backend=_backend()))  # once
 except UsageError as err:
     raise SystemExit(f"error: PNEUMONIA_MODEL / PNEUMONIA_BACKEND: {err}") from None
+classifier, MODEL_SOURCE = served.classifier, served.source
 model_lock = threading.Lock()  # the heat map hooks the PyTorch model: one batch at a time uses it
 log = logging.getLogger("app")  # each upload's outcome and gate scores (the page shows words only)
 
@@ -75,7 +79,8 @@ def model_summary() -> str:
     test = classifier.metrics.get("test")
     scores = f"test F1 {test['f1']:.3f}, ROC-AUC {test['roc_auc']:.3f} (n = {test['n']})" if test else "no test metrics"
     name = f"models/{DEFAULT_MODEL.name} (bundled)" if MODEL_SOURCE == str(DEFAULT_MODEL) else MODEL_SOURCE
-    return f"Model: `{name}` ({scores}; threshold {classifier.threshold:.3f}; answers from {classifier.backend}). {gate_summary()}"
+    why = f"**{served.note}**\n\n" if served.note else ""
+    return f"{why}Model: `{name}` ({scores}; threshold {classifier.threshold:.3f}; answers from {classifier.backend}). {gate_summary()}"
 
 
 def gate_summary() -> str:

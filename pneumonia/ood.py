@@ -127,6 +127,7 @@ class FeatureGaussians:
         from sklearn.covariance import LedoitWolf
         from sklearn.decomposition import PCA
 
+        features = np.asarray(features, dtype=np.float64)  # float32 loses the small directions of wide-ranged features
         pca = PCA(min(MAX_DIMS, *features.shape), random_state=0).fit(features)
         # Directions along which the films do not vary at all (a channel int8 rounds to a constant,
         # say) carry no distance: without them the covariance stays invertible.
@@ -137,7 +138,7 @@ class FeatureGaussians:
             return cls(pca.mean_, np.zeros((features.shape[1], 1)), np.zeros((len(np.unique(labels)), 1)), 1.0)
         means = np.stack([reduced[labels == c].mean(axis=0) for c in np.unique(labels)])
         precision = LedoitWolf().fit(reduced - means[np.searchsorted(np.unique(labels), labels)]).precision_
-        factor = np.linalg.cholesky(precision)  # precision = L L^T, so d^2 = |(z - mu) L|^2
+        factor = _square_root(precision)  # precision = L L^T, so d^2 = |(z - mu) L|^2
         return cls(pca.mean_, components.T @ factor, means @ factor, 1.0)
 
     def whitened(self, features: np.ndarray) -> np.ndarray:
@@ -277,6 +278,17 @@ class OodGate:
 
     def _block_names(self) -> list[str]:
         return self.layers + (["halves"] if self.halves else [])
+
+
+def _square_root(precision: np.ndarray) -> np.ndarray:
+    """L with precision = L L^T: the Cholesky factor, or, where rounding left the precision not quite
+    positive definite (VGG16's features, without batch norm, span many orders of magnitude), the
+    eigenvectors scaled by the square roots of the eigenvalues, floored."""
+    try:
+        return np.linalg.cholesky(precision)
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh((precision + precision.T) / 2)
+        return vectors * np.sqrt(np.clip(values, max(values.max(), 1e-300) * 1e-12, None))
 
 
 def _split(features: np.ndarray, widths: list[int]) -> list[np.ndarray]:

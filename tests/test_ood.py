@@ -56,6 +56,20 @@ def test_gate_distance_is_the_mahalanobis_distance_to_the_nearest_class():
     assert np.allclose(part.distances(queries), direct, rtol=1e-6)
 
 
+def test_a_precision_that_rounding_left_not_positive_definite_still_gives_the_distance(monkeypatch):
+    """Where Cholesky refuses the precision (it did for VGG16's wide-ranged features), its
+    eigen-decomposition whitens instead: the same distance."""
+    features, labels = _clusters(2000, 12)
+    queries = _clusters(50, 12, shift=1.5, seed=1)[0]
+    expected = ood.FeatureGaussians.fit(features, labels).distances(queries)
+
+    def refuse(matrix):
+        raise np.linalg.LinAlgError("Matrix is not positive definite")
+
+    monkeypatch.setattr(np.linalg, "cholesky", refuse)
+    assert np.allclose(ood.FeatureGaussians.fit(features, labels).distances(queries), expected, rtol=1e-6)
+
+
 def test_gate_passes_99_percent_of_validation_refuses_far_features_and_round_trips(tmp_path):
     widths = [8, 300]  # the second wider than MAX_DIMS: reduced by PCA
     train, labels = _clusters(3000, sum(widths))

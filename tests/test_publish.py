@@ -1,7 +1,8 @@
 """Model cards, the comparison table and pushes to the Hub, offline.
 
 The Hub client is replaced only at its network boundary: HfApi.create_repo and
-HfApi.upload_folder record their calls instead of sending them.
+HfApi.upload_folder record their calls instead of sending them, and the Space's variable goes
+through huggingface_hub's own HTTP client, whose transport answers here.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+import httpx2
+import huggingface_hub
 import pytest
 from huggingface_hub import DatasetCard, HfApi, ModelCard, constants
 from huggingface_hub.utils import filter_repo_objects
@@ -18,6 +21,7 @@ from pneumonia.presets import UsageError
 from tests.conftest import lay_into_hub_cache, link_subset, run_cli
 from train.evaluate.compare import comparison_table
 from train.evaluate.compare import main as compare_main
+from train.publish.hub import set_space_variable
 from train.publish.model import MODEL_FILES, publish
 from train.publish.model import main as publish_main
 
@@ -39,6 +43,43 @@ def hub(monkeypatch):
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id, kw)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw["repo_id"], kw)))
     return calls
+
+
+@pytest.fixture
+def hub_http(monkeypatch):
+    """huggingface_hub's HTTP requests to Spaces, kept and answered here (status 200 unless a test
+    says otherwise)."""
+    sent, answer = [], {"status": 200}
+
+    def respond(request: httpx2.Request) -> httpx2.Response:
+        if not request.url.path.startswith("/api/spaces/"):  # the client's own lookups (agent harnesses)
+            return httpx2.Response(200, json=[])
+        sent.append(request)
+        body = json.loads(request.content or b"{}")
+        return httpx2.Response(answer["status"], json={body.get("key", "x"): {"value": body.get("value")}}
+                               if answer["status"] == 200 else {"error": "Forbidden"})
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(respond)))
+    yield sent, answer
+    huggingface_hub.set_client_factory(huggingface_hub.utils._http.default_client_factory)
+
+
+def test_a_space_is_pointed_at_the_pushed_model_through_its_variable(hub_http, capsys):
+    sent, answer = hub_http
+    set_space_variable("someone/demo", "PNEUMONIA_MODEL", "hf-hub:someone/pneumonia-vgg16", description="why")
+    (request,) = sent
+    assert (request.method, str(request.url)) == ("POST", "https://huggingface.co/api/spaces/someone/demo/variables")
+    assert json.loads(request.content) == {"key": "PNEUMONIA_MODEL", "value": "hf-hub:someone/pneumonia-vgg16",
+                                           "description": "why"}
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    set_space_variable("someone/demo", "PNEUMONIA_MODEL", "hf-hub:x/y", description="why", dry_run=True)
+    assert len(sent) == 1 and "would set PNEUMONIA_MODEL=hf-hub:x/y" in capsys.readouterr().out
+    answer["status"] = 403
+    with pytest.raises(UsageError, match="the model is pushed; set PNEUMONIA_MODEL=hf-hub:x/y by hand") as err:
+        set_space_variable("someone/demo", "PNEUMONIA_MODEL", "hf-hub:x/y", description="why")
+    assert TOKEN not in str(err.value) and "\n" not in str(err.value)
 
 
 def _uploaded(folder, patterns) -> set[str]:
@@ -78,6 +119,17 @@ def test_publish_uploads_exactly_the_model_files(run_folder, hub, capsys):
     assert not any(name.startswith("checkpoints") for name in sent)
     assert "hf-hub:someone/pneumonia-cnn" in (run_folder / "README.md").read_text()
     assert TOKEN not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_publish_with_a_space_sets_its_model_variable_after_the_push(run_folder, hub, hub_http):
+    sent, _ = hub_http
+    publish_main([str(run_folder), "--repo-id", "someone/pneumonia-vgg16", "--space-id", "someone/demo"])
+    assert [call[0] for call in hub] == ["create_repo", "upload_folder"]
+    (request,) = sent
+    assert str(request.url).endswith("/api/spaces/someone/demo/variables")
+    assert json.loads(request.content)["value"] == "hf-hub:someone/pneumonia-vgg16"
+    assert "someone/demo" in (run_folder / "README.md").read_text()  # the card's gradio_client lines
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """A model folder read by transformers' pipeline gives the project's own answers, or fails.
 
-``pneumonia.hub_code.add_transformers_code`` puts transformers code into a copy of the bundled
-folder; ``pipeline("image-classification", model=FOLDER, trust_remote_code=True)`` must then give
+``pneumonia.hub_code.add_transformers_code`` puts transformers code into every model folder that
+training writes, and the bundled folder is committed with it, exactly as a push uploads it;
+``pipeline("image-classification", model=FOLDER, trust_remote_code=True)`` must then give
 ``load_classifier``'s calibrated probabilities (same pixels, same temperature, float32), while
 timm and ``load_classifier`` keep reading the folder as before. Offline: everything is local.
 """
@@ -28,12 +29,20 @@ TOLERANCE = 1e-4
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory) -> Path:
-    """A copy of the bundled folder with the transformers code added (the bundled one stays as shipped)."""
-    from pneumonia.hub_code import add_transformers_code
+    """A copy of the bundled folder as committed (tests that write into it leave the checkout alone)."""
+    return Path(shutil.copytree(BUNDLED_MODEL, tmp_path_factory.mktemp("hf") / BUNDLED_MODEL.name))
 
-    folder = Path(shutil.copytree(BUNDLED_MODEL, tmp_path_factory.mktemp("hf") / BUNDLED_MODEL.name))
-    add_transformers_code(folder)
-    return folder
+
+def test_the_bundled_folder_carries_the_transformers_code_a_push_uploads():
+    """Users find the bundled folder first: transformers must read it as it reads a pushed one."""
+    from pneumonia.hub_code import CODE_FILES, transformers_config
+
+    stale = [name for name, source in CODE_FILES.items()
+             if not (BUNDLED_MODEL / name).is_file() or (BUNDLED_MODEL / name).read_text() != source.read_text()]
+    assert not stale, (f"{BUNDLED_MODEL} lacks or has an old copy of {stale}: run "
+                       "pneumonia.hub_code.add_transformers_code on it and commit the files")
+    config = json.loads((BUNDLED_MODEL / "config.json").read_text())
+    assert config == transformers_config(config)
 
 
 @pytest.fixture(scope="module")

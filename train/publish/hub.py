@@ -42,6 +42,21 @@ def push_folder(
     return where
 
 
+def set_space_variable(space_id: str, key: str, value: str, *, description: str, dry_run: bool = False) -> None:
+    """Set (or replace) a variable of the Space ``space_id``; the Space restarts with it."""
+    if dry_run:
+        print(f"dry run: would set {key}={value} on the Space https://huggingface.co/spaces/{space_id}")
+        return
+    try:
+        HfApi(token=require_token()).add_space_variable(space_id, key, value, description=description)
+    except UsageError:
+        raise
+    except Exception as err:  # HTTP, auth, network: one line, the token never in it
+        raise UsageError(f"setting {key} on the Space {space_id} failed ({type(err).__name__}: {_first_line(err)}): "
+                         f"the model is pushed; set {key}={value} by hand in the Space's settings") from err
+    print(f"set {key}={value} on the Space https://huggingface.co/spaces/{space_id}")
+
+
 def require_token() -> str:
     """The user's token (HF_TOKEN, or the one saved by `hf auth login`), never printed; or a clear error."""
     if constants.HF_HUB_OFFLINE:

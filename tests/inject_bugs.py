@@ -89,6 +89,8 @@ BUGS = {
     "space-ignores-its-vgg16": ("serving/model_choice.py", '        _check_size(own.removeprefix("hf-hub:"))\n',
                                 '        raise RuntimeError("not tried")\n',
                                 "a Space serves the bundled model although its author pushed a VGG16"),
+    "space-fallback-unsaid": ("app.py", 'why = f"**{served.note}**\\n\\n" if served.note else ""', 'why = ""',
+                              "a Space serves the bundled model and its page does not say why"),
     "whitening-cholesky-only": ("pneumonia/ood.py", "    except np.linalg.LinAlgError:\n", "    except ZeroDivisionError:\n",
                                 "fitting VGG16's gate stops training with 'Matrix is not positive definite'"),
     "ci-skips-quietly": ("tests/conftest.py", 'ON_CI = os.environ.get("CI", "")', 'ON_CI = False and os.environ.get("CI", "")',

@@ -90,3 +90,24 @@ def test_offline_or_broken_or_too_large_the_bundled_model_serves(space, monkeypa
     served = serve(environ, BUNDLED_MODEL, load)
     assert served.source == str(BUNDLED_MODEL) and "over this app's limit of 2 GB" in served.note
     assert all("/resolve/" not in r.url.path for r in requests)  # refused before any download
+
+
+def test_the_pages_header_says_which_model_serves_and_why(space, monkeypatch):
+    """The app on a Space that cannot reach its author's VGG16: its header's first line says so."""
+    import importlib
+    import sys
+
+    environ, _, _ = space
+    monkeypatch.delenv("PNEUMONIA_MODEL", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    sys.modules.pop("app", None)
+    try:
+        app = importlib.import_module("app")
+        first_line = app.model_summary().splitlines()[0]
+    finally:
+        sys.modules.pop("app", None)
+    assert first_line == ("**Serving the bundled model: this Space's own `hf-hub:someone/pneumonia-vgg16` could not be "
+                          "loaded (the Hub could not be reached: HF_HUB_OFFLINE is set and it is not in the Hub cache).**")
+    assert app.MODEL_SOURCE == str(app.DEFAULT_MODEL)

@@ -6,7 +6,8 @@ one read of the films and the scope images.
 
 1. ONNX: fp32 (logits and the gate's features) and a static int8 candidate, calibrated on
    training films (``train.export.onnx``).
-2. One read (``train.sweep``) of the four splits and the scope images, each batch through
+2. One read (``train.sweep``) of the splits (the training films also under the shift
+   perturbations) and the scope images, each batch through
    PyTorch, fp32 and int8 as far as each needs it.
 3. The gate, fitted on PyTorch's features, stored and scored (``train.gate.fit``).
 4. int8's own gate calibration on int8's features, and both ONNX files' parity with PyTorch:

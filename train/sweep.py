@@ -54,8 +54,9 @@ class Draws:
 def loaders(splits: datasets.DatasetDict, scope_rows: list[dict] | None, data_config: dict,
             preprocessing: XrayPreprocessing, augment: Augment, draws: int, batch_size: int, num_workers: int,
             shift_seed: int) -> dict[str, torch.utils.data.DataLoader]:
-    """Ordered loaders of the four splits (train under the run's augmentation, the eval splits with
-    the image checks) and of the scope images (clean, then ``draws`` augmented draws)."""
+    """Ordered loaders of ``SPLITS`` (train under the run's augmentation, the eval splits with the
+    image checks, the training films under the shift perturbations) and of the scope images (clean,
+    then ``draws`` augmented draws)."""
     found = data.make_loaders(splits, data_config, preprocessing, augment, batch_size, "none", num_workers,
                               shift_seed, check_images=True, shuffle_train=False)
     if scope_rows is not None:

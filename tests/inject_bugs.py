@@ -91,6 +91,8 @@ BUGS = {
                                 "a Space serves the bundled model although its author pushed a VGG16"),
     "space-fallback-unsaid": ("app.py", 'why = f"**{served.note}**\\n\\n" if served.note else ""', 'why = ""',
                               "a Space serves the bundled model and its page does not say why"),
+    "doc-points-nowhere": ("docs/publish.md", "(../BENCHMARKS.md#vgg16-served)", "(../BENCHMARKS.md#vgg16-serving)",
+                           "a reader follows a link to a heading that is not there"),
     "whitening-cholesky-only": ("pneumonia/ood.py", "    except np.linalg.LinAlgError:\n", "    except ZeroDivisionError:\n",
                                 "fitting VGG16's gate stops training with 'Matrix is not positive definite'"),
     "ci-skips-quietly": ("tests/conftest.py", 'ON_CI = os.environ.get("CI", "")', 'ON_CI = False and os.environ.get("CI", "")',

@@ -20,9 +20,10 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from pneumonia import Reading, UsageError, load_classifier, open_image, private_mode, to_model_mode, words
+from pneumonia import Reading, UsageError, load_classifier, open_image, to_model_mode, words
 from pneumonia.backends import BACKENDS
 from pneumonia.preprocessing import ImageOutOfLimits, UnreadableImage, is_dicom
+from serving import private_mode
 from serving.model_choice import serve
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "pneumonia-mobilenetv2"

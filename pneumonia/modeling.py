@@ -224,7 +224,7 @@ def _as_tensor(image: Image.Image, **settings):
     return torch.from_numpy(preprocess(image, **settings))
 
 
-def _file(source: str, name: str) -> Path | None:
+def model_file(source: str, name: str) -> Path | None:
     """A file of a local model folder or an ``hf-hub:`` repo (downloaded); None when it has none."""
     if source.startswith("hf-hub:"):
         from huggingface_hub import hf_hub_download
@@ -239,14 +239,14 @@ def _file(source: str, name: str) -> Path | None:
 
 
 def _read_json(source: str, name: str) -> dict | None:
-    path = _file(source, name)
+    path = model_file(source, name)
     return json.loads(path.read_text()) if path else None
 
 
 def _onnx_backend(source: str, backend: str) -> tuple[str, Path | None]:
     """The backend to use and its ONNX file: the best available one for ``auto``."""
     for candidate in backends.candidates(backend):
-        path = _file(source, backends.ONNX_FILES[candidate])
+        path = model_file(source, backends.ONNX_FILES[candidate])
         if path:
             return candidate, path
     if backend in backends.ONNX_FILES or backend == "onnx":
@@ -287,13 +287,21 @@ def load_classifier(source: str, backend: str = "pytorch") -> Classifier:
     return classifier
 
 
+def gate_settings(config: dict, backend: str) -> dict | None:
+    """``config.json``'s gate settings for ``backend``: its own calibration where the folder has one
+    (int8 ONNX does), else the folder's; None for a folder trained before gates existed."""
+    if "ood" not in config:
+        return None
+    return config["ood"].get("backends", {}).get(backend, config["ood"])
+
+
 def _gate(source: str, config: dict, backend: str) -> OodGate | None:
     """The folder's out-of-distribution gate, calibrated on ``backend``'s own features where the
     folder has such a calibration (int8 ONNX does); None for a folder trained before gates existed."""
-    if "ood" not in config:
+    settings = gate_settings(config, backend)
+    if settings is None:
         return None
-    settings = config["ood"].get("backends", {}).get(backend, config["ood"])
-    path = _file(source, settings.get("file", GATE_FILE))
+    path = model_file(source, settings.get("file", GATE_FILE))
     if path is None:
         raise UsageError(f"{source}: config.json has an out-of-distribution gate but {settings.get('file', GATE_FILE)} "
                          "is missing; copy it beside config.json, or fit it again with `python -m train.gate FOLDER`")

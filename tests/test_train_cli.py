@@ -264,7 +264,7 @@ def test_the_next_compact_file_is_shipped_when_one_misses_the_bar(data_dir, tmp_
     import onnx
     from onnx import numpy_helper
 
-    from pneumonia import private_mode
+    from serving import private_mode
     from train import post_training
     from train.data import load_splits
     from train.export.card import write_card

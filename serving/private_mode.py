@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pneumonia import words
 from pneumonia.backends import COMPACT, ONNX_FILES
-from pneumonia.modeling import Classifier, _file
+from pneumonia.modeling import Classifier, gate_settings, model_file
 from pneumonia.ood import GATE_FILE
 
 WEB = Path(__file__).resolve().parents[1] / "web"
@@ -35,15 +35,8 @@ def frame(classifier: Classifier) -> str:
             'style="width: 100%; height: 1000px; border: 0"></iframe>')
 
 
-def gate_file(config: dict) -> str | None:
-    """The int8 model's gate file, as ``pneumonia.modeling._gate`` picks it; None without a gate."""
-    if "ood" not in config:
-        return None
-    return config["ood"].get("backends", {}).get("onnx-int8", config["ood"]).get("file", GATE_FILE)
-
-
 def routes(classifier: Classifier) -> list:
-    """Starlette routes for ``demo.launch(app_kwargs={"routes": ...})``; none without the int8 model."""
+    """Starlette routes for ``demo.launch(app_kwargs={"routes": ...})``; none without a compact model."""
     from starlette.applications import Starlette
     from starlette.middleware.gzip import GZipMiddleware
     from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -52,12 +45,13 @@ def routes(classifier: Classifier) -> list:
 
     if not available(classifier):
         return []
-    names = ["config.json"] + ([gate_file(classifier.config)] if "ood" in classifier.config else [])
-    served = {name: _file(classifier.source, name) for name in names}
-    served[BROWSER_FILE] = _file(classifier.source, ONNX_FILES[classifier.backend])
+    gate = gate_settings(classifier.config, classifier.backend)  # the served backend's own gate, as the server reads it
+    names = ["config.json"] + ([gate.get("file", GATE_FILE)] if gate else [])
+    served = {name: model_file(classifier.source, name) for name in names}
+    served[BROWSER_FILE] = model_file(classifier.source, ONNX_FILES[classifier.backend])
     templates = words.browser_templates(classifier)
 
-    async def model_file(request):
+    async def serve_model_file(request):
         name = request.path_params["name"]
         if name == "words.json":
             return JSONResponse(templates)
@@ -65,6 +59,6 @@ def routes(classifier: Classifier) -> list:
             return PlainTextResponse(f"{name} is not a file the private mode serves", status_code=404)
         return FileResponse(served[name])
 
-    page = Starlette(routes=[Route("/model/{name}", model_file), Mount("/", StaticFiles(directory=WEB, html=True))])
+    page = Starlette(routes=[Route("/model/{name}", serve_model_file), Mount("/", StaticFiles(directory=WEB, html=True))])
     # gzip level 6: the runtime's wasm goes from 14.8 to 3.8 MB, in about half the time level 9 takes
     return [Mount("/private", app=GZipMiddleware(page, compresslevel=6), name="private")]

@@ -19,8 +19,8 @@ from pneumonia.preprocessing import XrayPreprocessing
 
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Calibrated class probabilities: softmax of temperature-scaled logits (NumPy; for torch
-    tensors, ``pneumonia.torch_model.probabilities``)."""
+    """Calibrated class probabilities: softmax of temperature-scaled logits, in float64. The one
+    definition: training, the app, the evaluation and the card all use it."""
     scaled = np.asarray(logits, dtype=np.float64) / temperature
     exp = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)

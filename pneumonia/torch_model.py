@@ -9,11 +9,6 @@ import torch
 from torch import nn
 
 
-def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Calibrated class probabilities: softmax of temperature-scaled logits."""
-    return torch.softmax(logits.float() / temperature, dim=-1)
-
-
 def load_model(source: str) -> nn.Module:
     """The timm model of a ``local-dir:`` or ``hf-hub:`` folder, in eval mode."""
     import timm

@@ -11,6 +11,7 @@ from scipy.stats import beta, binom
 from sklearn import metrics as skm
 
 from pneumonia.answering import NORMAL, PNEUMONIA, UNCERTAIN, Cutoffs
+from pneumonia.modeling import calibrated_probabilities
 
 ECE_BINS = 15
 
@@ -50,19 +51,13 @@ def binary_metrics(labels: np.ndarray, p_positive: np.ndarray, threshold: float)
     }
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T minimising validation NLL of softmax(logits / T) (Guo et al., 2017)."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
 
     def nll(log_t: float) -> float:
-        probs = _softmax(logits / np.exp(log_t))
+        probs = calibrated_probabilities(logits, np.exp(log_t))
         return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
     best = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")

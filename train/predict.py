@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pneumonia.gradcam import central_share, grad_cam
-from pneumonia.torch_model import probabilities
+from pneumonia.modeling import calibrated_probabilities
 from pneumonia.presets import LABEL_NAMES
 from train.data import logged_batches
 from train.metrics import binary_metrics, choose_threshold, fit_temperature
@@ -28,7 +28,7 @@ def predict(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def quick_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     """Uncalibrated numbers at threshold 0.5, for choosing the best epoch."""
-    probs = probabilities(torch.from_numpy(logits)).numpy()
+    probs = calibrated_probabilities(logits)
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     found = binary_metrics(labels, probs[:, 1], threshold=0.5)
     return {"loss": nll, "roc_auc": found["roc_auc"], "f1": found["f1"], "accuracy": found["accuracy"]}
@@ -44,7 +44,7 @@ def epoch_metrics(clean: tuple[np.ndarray, np.ndarray], shifted: tuple[np.ndarra
 
 def p_positive(logits: np.ndarray, temperature: float) -> np.ndarray:
     """Calibrated P(PNEUMONIA) per image."""
-    return probabilities(torch.from_numpy(logits), temperature).numpy()[:, 1]
+    return calibrated_probabilities(logits, temperature)[:, 1]
 
 
 def choose_operating_point(clean: tuple, shifted: tuple, rule: str) -> dict:

@@ -29,6 +29,7 @@ import datasets
 import torch
 
 import pneumonia
+from pneumonia import folder_json
 from pneumonia.backends import ONNX_FILES, OnnxLogits
 from pneumonia.ood import OodGate
 from pneumonia.preprocessing import XrayPreprocessing
@@ -97,7 +98,7 @@ def complete_folder(folder: Path, splits: datasets.DatasetDict, training: dict, 
 
             result = keep_a_compact_file(folder, found, served, scope_set, int8_candidate, classifier, with_heads,
                                          read_again, clock)
-            update_json(folder / "metrics.json", onnx={**result, "calibration_images": len(calibration_rows)})
+            folder_json.update(folder / "metrics.json", onnx={**result, "calibration_images": len(calibration_rows)})
             clock.say(parity_summary(result))
     classifier.model.cpu()
 
@@ -137,12 +138,12 @@ def fit_and_store_gate(folder: Path, layers, widths, found: dict, scope_set, lea
     with clock.step("gate: fit"):
         gate = fit.fit_gate(layers, widths, found, scope_set)
         gate.save(folder)
-        update_json(folder / "config.json", ood=gate.to_config())
+        folder_json.update(folder / "config.json", ood=gate.to_config())
     step = "gate: score" + (" (leave-one-dataset-out)" if leave_one_out and scope_set is not None else "")
     with clock.step(step):
         classifier = pneumonia.load_classifier(str(folder), backend="pytorch")
         report = fit.gate_report(gate, found, classifier, scope_set, leave_one_out)
-        update_json(folder / "metrics.json", ood=report)
+        folder_json.update(folder / "metrics.json", ood=report)
     clock.say(fit.summary(report))
     return gate
 
@@ -188,9 +189,3 @@ def keep_int8_or_not(folder: Path, found: dict, gate: OodGate | None, scope_set,
     if result["int8"]["kept"]:
         shutil.move(int8_candidate, int8_file)
     return {**result, "parity_split": "test" + (" + scope" if scope_set is not None else ""), "bar": PARITY_BAR}
-
-
-def update_json(path: Path, **entries) -> None:
-    found = json.loads(path.read_text())
-    found.update(entries)
-    path.write_text(json.dumps(found, indent=2) + "\n")

@@ -11,8 +11,9 @@ Standard library only: training and export import this without transformers.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
+
+from pneumonia import folder_json
 
 PACKAGE = Path(__file__).resolve().parents[1]
 MODEL_TYPE = "pneumonia_xray"
@@ -43,9 +44,7 @@ def add_transformers_code(folder: Path) -> None:
     folder = Path(folder)
     for name, source in CODE_FILES.items():
         _write_if_changed(folder / name, source.read_text())
-    config_file = folder / "config.json"
-    config = json.loads(config_file.read_text())
-    _write_if_changed(config_file, json.dumps(transformers_config(config), indent=2) + "\n")
+    folder_json.rewrite(folder / "config.json", transformers_config)
 
 
 def transformers_config(config: dict) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 import pneumonia
+from pneumonia import folder_json
 from pneumonia.gradcam import central_share, grad_cam, overlay
 from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL
 from pneumonia.preprocessing import open_image
@@ -141,10 +142,8 @@ def record(folder: Path, row: dict) -> None:
     from pneumonia.gradcam import DESCRIPTION
     from train.export.card import write_card
 
-    metrics = json.loads((folder / "metrics.json").read_text())
-    metrics["gradcam_central_share"] = {"validation": row["all"], **{f"validation_{label}": row[label] for label in LABEL_NAMES},
-                                        "method": DESCRIPTION}
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    folder_json.update(folder / "metrics.json", gradcam_central_share={
+        "validation": row["all"], **{f"validation_{label}": row[label] for label in LABEL_NAMES}, "method": DESCRIPTION})
     write_card(folder)
 
 

@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator
 
 import pneumonia
+from pneumonia import folder_json
 from pneumonia.presets import LABEL_NAMES, UsageError
 from train.export.card import plot_confusion_matrix, plot_roc, write_card
 from train.data import XrayDataset, file_names, load_splits
@@ -232,10 +233,7 @@ def _card_folder(model: str) -> Path:
 
 def add_to_card(folder: Path, name: str, found: dict) -> None:
     """Record the result under "external" in metrics.json (publish re-renders from it) and re-render the card."""
-    metrics_file = folder / "metrics.json"
-    metrics = json.loads(metrics_file.read_text())
-    metrics.setdefault("external", {})[name] = found
-    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    folder_json.rewrite(folder / "metrics.json", lambda metrics: metrics.setdefault("external", {}).update({name: found}))
     if (folder / "predictions.csv").is_file():
         write_card(folder)
 

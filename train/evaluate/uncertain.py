@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pneumonia import folder_json
 from train.export.card import SPLIT_TITLES, write_card
 from train.export.folder import read_predictions
 from train.metrics import (ANSWER_LEVELS, ANSWER_RULE, DEFAULT_ANSWER_LEVEL, SIDE_CONFIDENCE, choose_cutoffs,
@@ -31,25 +32,30 @@ def write_answer_cutoffs(folder: Path) -> dict:
     metrics.json. Returns metrics.json's "answering"."""
     folder = Path(folder)
     predictions = read_predictions(folder / "predictions.csv")
-    config = json.loads((folder / "config.json").read_text())
-    threshold = float(config["threshold"])
+    threshold = float(json.loads((folder / "config.json").read_text())["threshold"])
     levels = [choose_cutoffs(*predictions[CHOSEN_ON], threshold, level) for level in ANSWER_LEVELS]
-    config.pop("uncertain_band", None)  # the symmetric band these replace
-    config.update(answer_level=DEFAULT_ANSWER_LEVEL, answer_cutoffs=[cutoffs.to_config() for cutoffs in levels])
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
-    metrics = json.loads((folder / "metrics.json").read_text())
+    def with_cutoffs(config: dict) -> None:
+        config.pop("uncertain_band", None)  # the symmetric band these replace
+        config.update(answer_level=DEFAULT_ANSWER_LEVEL, answer_cutoffs=[cutoffs.to_config() for cutoffs in levels])
+
+    folder_json.rewrite(folder / "config.json", with_cutoffs)
+
     found = {f"{cutoffs.level:g}": {split: selective_metrics(labels, p, cutoffs) for split, (labels, p) in predictions.items()}
              for cutoffs in levels}
-    for split, numbers in found[f"{DEFAULT_ANSWER_LEVEL:g}"].items():
-        metrics.setdefault(split, {}).update(numbers)  # the default level's figures beside each split's metrics
-    for stale in ("uncertain_band", "uncertain_rule"):
-        metrics.pop(stale, None)
-    metrics["answering"] = {"rule": ANSWER_RULE, "chosen_on": CHOSEN_ON, "side_confidence": SIDE_CONFIDENCE,
-                            "default_level": DEFAULT_ANSWER_LEVEL, "levels": found,
-                            "tradeoff": coverage_tradeoff(*predictions[CHOSEN_ON], threshold)}
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics["answering"]
+    answering = {"rule": ANSWER_RULE, "chosen_on": CHOSEN_ON, "side_confidence": SIDE_CONFIDENCE,
+                 "default_level": DEFAULT_ANSWER_LEVEL, "levels": found,
+                 "tradeoff": coverage_tradeoff(*predictions[CHOSEN_ON], threshold)}
+
+    def with_figures(metrics: dict) -> None:
+        for split, numbers in found[f"{DEFAULT_ANSWER_LEVEL:g}"].items():
+            metrics.setdefault(split, {}).update(numbers)  # the default level's figures beside each split's metrics
+        for stale in ("uncertain_band", "uncertain_rule"):
+            metrics.pop(stale, None)
+        metrics["answering"] = answering
+
+    folder_json.rewrite(folder / "metrics.json", with_figures)
+    return answering
 
 
 def print_report(answering: dict) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import timm.models
 from torch import nn
 
+from pneumonia import folder_json
 from pneumonia.hub_code import add_transformers_code
 from pneumonia.presets import LABEL_NAMES, POSITIVE_LABEL, PRESETS
 from train import tflite_weights
@@ -36,10 +36,9 @@ def write_model_folder(
         },
         safe_serialization=True,
     )
-    config_file = output_dir / "config.json"
-    config_file.write_text(json.dumps(own_metadata(json.loads(config_file.read_text())), indent=2) + "\n")
+    folder_json.rewrite(output_dir / "config.json", own_metadata)  # timm wrote it; the project's keys join
     add_transformers_code(output_dir)  # pipeline(..., trust_remote_code=True) gives the same probabilities
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    folder_json.write(output_dir / "metrics.json", metrics)
     save_config(config, output_dir / "training_config.json")
 
 

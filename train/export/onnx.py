@@ -15,13 +15,13 @@ fp32, checked against the same bar. The folder serves the int8 file, else the fp
 """
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pneumonia import folder_json
 from pneumonia.modeling import calibrated_probabilities
 from pneumonia.ood import INT8_GATE_FILE, OodGate
 from pneumonia.torch_model import WithGateFeatures, gate_layers
@@ -33,16 +33,19 @@ INPUT_NAME = "pixel_values"
 
 def store_int8_gate(folder: Path, gate: OodGate | None) -> None:
     """Save int8's own gate calibration beside the folder's gate, or remove a stale one."""
-    config = json.loads((folder / "config.json").read_text())
-    backends = config.get("ood", {}).pop("backends", {})
-    backends.pop("onnx-int8", None)
     (folder / INT8_GATE_FILE).unlink(missing_ok=True)
     if gate is not None:
         gate.save(folder, INT8_GATE_FILE)
-        backends["onnx-int8"] = {**gate.to_config(), "file": INT8_GATE_FILE}
-    if backends:
-        config["ood"]["backends"] = backends
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+    def with_int8_gate(config: dict) -> None:
+        backends = config.get("ood", {}).pop("backends", {})
+        backends.pop("onnx-int8", None)
+        if gate is not None:
+            backends["onnx-int8"] = {**gate.to_config(), "file": INT8_GATE_FILE}
+        if backends:
+            config["ood"]["backends"] = backends
+
+    folder_json.rewrite(folder / "config.json", with_int8_gate)
 
 
 def within_bar(found: dict) -> bool:

@@ -16,7 +16,7 @@ _WHERE = {
     "XrayPreprocessing": "preprocessing", "build_transform": "preprocessing", "data_config_of": "preprocessing",
     "open_image": "preprocessing", "to_model_mode": "pixels",
     "Classifier": "modeling", "Reading": "modeling", "load_classifier": "modeling",
-    "probabilities": "torch_model",
+    "calibrated_probabilities": "modeling",
 }
 __all__ = list(_WHERE)
 

@@ -188,7 +188,7 @@ def test_full_resolution_upload_and_its_dicom_get_what_training_evaluation_gives
     images = XrayDataset(rows, training_eval, tuple(data_config["input_size"]))
     pixels = torch.stack([images[i]["pixel_values"] for i in range(2)])
     with torch.no_grad():
-        expected = pneumonia.probabilities(app.classifier.model(pixels), app.classifier.temperature)[:, 1]
+        expected = pneumonia.calibrated_probabilities(app.classifier.model(pixels).numpy(), app.classifier.temperature)[:, 1]
     from_png, from_dicom = (app.predict(str(tmp_path / name))["PNEUMONIA"] for name in ("full.png", "full.dcm"))
     assert from_png == pytest.approx(float(expected[0]), abs=1e-5)
     assert from_dicom == pytest.approx(float(expected[1]), abs=1e-5)

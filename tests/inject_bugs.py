@@ -79,8 +79,8 @@ BUGS = {
                                "int8 weights share one scale per tensor, and small channels round to zero"),
     "no-int8-fallback": ("train/post_training.py", '            if not result["int8"]["kept"]:\n', "            if False:\n",
                          "a static int8 that misses the bar leaves fp32 alone; int8 weights are never tried"),
-    "adult-head-ignores-shifted-children": ("train/gate/scope.py", 'if options[head]["children"] == "augmented" or',
-                                            "if True or", "the adult check cautions children's films that another "
+    "adult-head-ignores-shifted-children": ("train/gate/scope.py", 'if options[head]["children"] == "augmented" else',
+                                            "if True else", "the adult check cautions children's films that another "
                                             "site's scanner made darker or blurrier"),
     "leave-one-repository-out": ("train/gate/scope.py", 'np.array([row["dataset"] for row in rows]', 'np.array([row["repo"] for row in rows]',
                                  "the gate's figures hold out a repository while the same data set stays in through another"),

@@ -33,8 +33,7 @@ def fit_gate(layers: list[str], widths: list[int], found: Found, scope_set: scop
 
 def scope_features(found: Found, scope_set: scope.ScopeSet) -> scope.Features:
     rows = found["scope_clean"].index
-    shifted_train = found["shifted_train"].features if "shifted_train" in found else found["train"].features[:0]
-    return scope.Features(found["train"].features, shifted_train, found["validation"].features,
+    return scope.Features(found["train"].features, found["shifted_train"].features, found["validation"].features,
                           found["shifted_validation"].features, [draw.features for draw in found["scope"]],
                           scope_set.categories[rows], scope_set.datasets[rows])
 

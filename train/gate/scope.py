@@ -137,18 +137,14 @@ def fit_heads(gate: OodGate, found: Features, keep: np.ndarray | None = None, op
               (("train", found.train), ("validation", found.validation), ("shifted", found.shifted_validation))}
     draws = [gate.head_inputs(x[keep]) for x in found.scope]
     categories = found.categories[keep]
-    shifted_children = None
+    asked = any(head_options["children"] == "shifted" for head_options in options.values())
+    shifted = gate.head_inputs(found.shifted_train) if asked else None
 
     def scope_part(head: str, wanted) -> np.ndarray:
         return np.concatenate([d[np.isin(categories, wanted)] for d in draws[:1 + options[head]["draws"]]])
 
     def children(head: str) -> np.ndarray:
-        nonlocal shifted_children
-        if options[head]["children"] == "augmented" or not len(found.shifted_train):
-            return inputs["train"]
-        if shifted_children is None:
-            shifted_children = np.concatenate([inputs["train"], gate.head_inputs(found.shifted_train)])
-        return shifted_children
+        return inputs["train"] if options[head]["children"] == "augmented" else np.concatenate([inputs["train"], shifted])
 
     # P(not a frontal chest film): the other kinds against the children's and the adults' frontal
     # films; P(adult): adults' against children's frontal films. Each group weighs the same.

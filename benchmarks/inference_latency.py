@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import pneumonia  # noqa: E402
 from benchmarks.train_throughput import DATA, machine  # noqa: E402
 from pneumonia.backends import OnnxLogits  # noqa: E402
-from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
+from pneumonia.training_transform import XrayPreprocessing  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.export.onnx import export_fp32, quantize_int8  # noqa: E402
 

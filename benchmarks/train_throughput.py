@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pneumonia  # noqa: E402
 from train.augment import Augment  # noqa: E402
-from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
+from pneumonia.training_transform import XrayPreprocessing  # noqa: E402
 from train import data  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 

@@ -13,8 +13,9 @@ import importlib
 _WHERE = {
     "LABEL_NAMES": "labels", "POSITIVE_LABEL": "labels", "UsageError": "labels",
     "PRESETS": "presets", "Preset": "presets", "create_model": "presets",
-    "XrayPreprocessing": "preprocessing", "build_transform": "preprocessing", "data_config_of": "preprocessing",
-    "open_image": "preprocessing", "to_model_mode": "pixels",
+    "XrayPreprocessing": "training_transform", "build_transform": "training_transform",
+    "data_config_of": "training_transform",
+    "open_image": "image_files", "to_model_mode": "pixels",
     "Classifier": "modeling", "Reading": "modeling", "load_classifier": "modeling",
     "calibrated_probabilities": "modeling",
 }

@@ -15,7 +15,7 @@ from pneumonia.answering import PNEUMONIA, UNCERTAIN, Cutoffs, levels_from_confi
 from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL, UsageError
 from pneumonia.ood import GATE_FILE, REASONS, OodGate, Verdict, image_verdict
 from pneumonia.pixels import data_config_from, preprocess
-from pneumonia.preprocessing import XrayPreprocessing
+from pneumonia.training_transform import XrayPreprocessing
 
 
 def calibrated_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -195,7 +195,9 @@ class Classifier:
         decision = POSITIVE_LABEL if side == PNEUMONIA else self._negative_label
         return Reading(probabilities, verdict.outcome, verdict.kind, verdict.scores, decision, level)
 
-    def predict(self, image: Image.Image) -> dict[str, float]:
+    def probabilities(self, image: Image.Image) -> dict[str, float]:
+        """Calibrated probability per label of one image, ungated and undecided: ``read`` gives the
+        gate's verdict and the answer."""
         return self._by_label(self.predict_proba([image])[0])
 
     def explain(self, images: Sequence[Image.Image], level: float | None = None) -> tuple[list[Reading], np.ndarray]:

@@ -51,7 +51,7 @@ def colourfulness(image: Image.Image) -> float:
 
 def grey_spread(image: Image.Image) -> float:
     """Standard deviation of the grey levels (0-255) of the image as the model reads it."""
-    from pneumonia.preprocessing import to_model_mode  # preprocessing imports nothing from here
+    from pneumonia.pixels import to_model_mode
 
     return float(np.asarray(to_model_mode(_thumbnail(image)).convert("L"), dtype=np.float64).std())
 

@@ -3,7 +3,7 @@
 Every reader of a model folder runs this file: ``load_classifier`` on any backend, the app, a
 plain-onnxruntime user, and the transformers image processor (export copies this file into the
 folder as ``xray_pixels.py``, so it imports nothing of its package). Training builds the same
-steps from timm and torchvision (``pneumonia.preprocessing.build_transform``), because its
+steps from timm and torchvision (``pneumonia.training_transform.build_transform``), because its
 augmentation sits among them; a test holds the two to identical pixels on every test film.
 
 Steps, all read from the folder's ``config.json``: any mode -> 8-bit grey on three channels ->

@@ -7,7 +7,6 @@ tests that need the real X-rays skip and say where they looked.
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import os
@@ -95,7 +94,7 @@ def scope_set():
 def opened_scope(scope_set) -> list:
     """Each scope image opened once for the session (PIL), or None where it is unreadable."""
     import pneumonia
-    from pneumonia.preprocessing import UnreadableImage
+    from pneumonia.image_files import UnreadableImage
 
     opened = []
     for image in scope_set.images:
@@ -279,25 +278,17 @@ def log_odds(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
-def import_app(model_dir: Path):
-    """A fresh `app` module serving ``model_dir``, as `PNEUMONIA_MODEL=... python app.py` would."""
-    saved = os.environ.get("PNEUMONIA_MODEL")
-    os.environ["PNEUMONIA_MODEL"] = str(model_dir)
-    try:
-        sys.modules.pop("app", None)
-        return importlib.import_module("app")
-    finally:
-        sys.modules.pop("app", None)  # the next import_app builds its own
-        if saved is None:
-            del os.environ["PNEUMONIA_MODEL"]
-        else:
-            os.environ["PNEUMONIA_MODEL"] = saved
+def app_endpoints(model_dir: Path):
+    """The app's handlers on ``model_dir``, as `PNEUMONIA_MODEL=... python app.py` serves it."""
+    import app
+
+    return app.Endpoints(app.choose_model({"PNEUMONIA_MODEL": str(model_dir)}).classifier)
 
 
 @pytest.fixture(scope="session")
 def bundled_app():
-    """The app in-process on the bundled model (its compact ONNX file answers, gate on), as `make demo` serves it."""
-    return import_app(BUNDLED_MODEL)
+    """The app's handlers in-process on the bundled model (its compact ONNX file answers, gate on), as `make demo` serves it."""
+    return app_endpoints(BUNDLED_MODEL)
 
 
 @pytest.fixture(scope="session")

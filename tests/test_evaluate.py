@@ -51,7 +51,7 @@ def test_csv_of_png_dicom_and_broken_file_gives_metrics_and_card(trained_copy, f
     with (out / "predictions.csv").open() as f:
         rows = {r["file"]: float(r["p_pneumonia"]) for r in csv.DictReader(f)}
     for name in ("normal_full.png", "sick.dcm"):
-        expected = classifier.predict(pneumonia.open_image(films.parent / name))["PNEUMONIA"]
+        expected = classifier.probabilities(pneumonia.open_image(films.parent / name))["PNEUMONIA"]
         assert rows[name] == pytest.approx(expected, abs=1e-5)
 
     # --card: recorded in metrics.json, a section in the card and a model-index entry naming the data

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import pneumonia
-from pneumonia.preprocessing import MAX_PIXELS, MIN_SIDE, ImageOutOfLimits, UnreadableImage
+from pneumonia.image_files import MAX_PIXELS, MIN_SIDE, ImageOutOfLimits, UnreadableImage
 from train.shift import dicom_bytes
 
 

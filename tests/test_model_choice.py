@@ -16,6 +16,7 @@ import pneumonia
 from serving import model_choice
 from serving.model_choice import serve
 from tests.conftest import BUNDLED_MODEL, lay_into_hub_cache
+from tests.live_app import free_port
 
 FILES = ["config.json", "model.safetensors", "ood.safetensors"]  # what the PyTorch backend reads
 
@@ -93,21 +94,20 @@ def test_offline_or_broken_or_too_large_the_bundled_model_serves(space, monkeypa
 
 
 def test_the_pages_header_says_which_model_serves_and_why(space, monkeypatch):
-    """The app on a Space that cannot reach its author's VGG16: its header's first line says so."""
-    import importlib
-    import sys
+    """The app launched on a Space that cannot reach its author's VGG16: its header's first line says so."""
+    import gradio as gr
+
+    import app
 
     environ, _, _ = space
-    monkeypatch.delenv("PNEUMONIA_MODEL", raising=False)
-    for key, value in environ.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    sys.modules.pop("app", None)
+    demo = app.launch(environ, prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
     try:
-        app = importlib.import_module("app")
-        first_line = app.model_summary().splitlines()[0]
+        header = next(block.value for block in demo.blocks.values()
+                      if isinstance(block, gr.Markdown) and str(block.value).startswith("# Pneumonia"))
     finally:
-        sys.modules.pop("app", None)
-    assert first_line == ("**Serving the bundled model: this Space's own `hf-hub:someone/pneumonia-vgg16` could not be "
-                          "loaded (the Hub could not be reached: HF_HUB_OFFLINE is set and it is not in the Hub cache).**")
-    assert app.MODEL_SOURCE == str(app.DEFAULT_MODEL)
+        demo.close()
+    assert header.splitlines()[1] == (
+        "**Serving the bundled model: this Space's own `hf-hub:someone/pneumonia-vgg16` could not be loaded (the Hub "
+        "could not be reached: HF_HUB_OFFLINE is set and it is not in the Hub cache).**")
+    assert f"Model: `models/{BUNDLED_MODEL.name} (bundled)`" in header

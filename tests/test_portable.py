@@ -115,7 +115,7 @@ def test_a_light_install_names_the_extra_it_lacks(write_dicom, tmp_path):
         sys.modules["onnxruntime"] = None
         sys.modules["pydicom"] = None
         import pneumonia
-        from pneumonia.preprocessing import UnreadableImage
+        from pneumonia.image_files import UnreadableImage
         messages = []
         try:
             pneumonia.load_classifier({str(BUNDLED_MODEL)!r}, backend="onnx")

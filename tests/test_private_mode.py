@@ -17,7 +17,7 @@ from PIL import Image
 
 import pneumonia
 from pneumonia import words
-from pneumonia.preprocessing import ImageOutOfLimits
+from pneumonia.image_files import ImageOutOfLimits
 from tests.conftest import BUNDLED_MODEL, ROOT, SCOPE, SERVED_BACKEND
 
 pytestmark = pytest.mark.slow

@@ -90,7 +90,7 @@ def test_fit_gate_gives_an_old_folder_its_gate_and_its_onnx_the_gate_features(da
     assert not (out / "ood.safetensors").exists() and "ood" not in json.loads((out / "config.json").read_text())
     assert pneumonia.load_classifier(str(out)).gate is None  # gate off: loads as before
     xray = pneumonia.open_image(film("NORMAL"))
-    before = pneumonia.load_classifier(str(out), backend="pytorch").predict(xray)
+    before = pneumonia.load_classifier(str(out), backend="pytorch").probabilities(xray)
 
     result = _ok(run_cli(str(out), "--num-workers", "0", "--scope", str(small_scope),
                          launcher=(sys.executable, "-m", "train.gate")))
@@ -100,7 +100,7 @@ def test_fit_gate_gives_an_old_folder_its_gate_and_its_onnx_the_gate_features(da
     assert "outcome_agreement" in metrics["onnx"]["fp32"]  # the ONNX files were exported again, with the features
     classifier = pneumonia.load_classifier(str(out), backend="onnx-fp32")
     assert classifier.gate is not None and classifier.onnx_logits.has_features
-    assert classifier.predict(xray) == pytest.approx(before, abs=5e-6)  # unchanged: fp32 ONNX within 1e-6 of PyTorch
+    assert classifier.probabilities(xray) == pytest.approx(before, abs=5e-6)  # unchanged: fp32 ONNX within 1e-6 of PyTorch
     assert "## What it judges: the out-of-distribution gate" in (out / "README.md").read_text()
 
     result = run_cli(str(tmp_path / "nothing"), launcher=(sys.executable, "-m", "train.gate"))

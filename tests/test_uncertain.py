@@ -11,8 +11,8 @@ import pytest
 from scipy.stats import binomtest
 
 import pneumonia
-from pneumonia.answering import NORMAL, PNEUMONIA, UNCERTAIN, Cutoffs, levels_from_config, threshold_only
 from pneumonia import words
+from pneumonia.answering import NORMAL, PNEUMONIA, UNCERTAIN, Cutoffs, levels_from_config, threshold_only
 from pneumonia.ood import Verdict
 from tests.conftest import BUNDLED_MODEL as BUNDLED
 from tests.conftest import SERVED_BACKEND, recorded_predictions
@@ -132,21 +132,22 @@ def test_the_page_and_the_api_name_both_cut_offs_and_the_level(bundled_app):
     cutoffs = classifier.cutoffs()
     p = (cutoffs.normal_at_most + cutoffs.pneumonia_at_least) / 2
     reading = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, Verdict(), UNCERTAIN, cutoffs.level)
-    words = bundled_app.decision(reading)
-    assert words.startswith(f"### UNCERTAIN\nUncertain: needs a radiologist's read. P(PNEUMONIA) = {p:.3f} lies between "
-                            f"the model's two cut-offs: it answers NORMAL at or below {cutoffs.normal_at_most:.3f} and "
-                            f"PNEUMONIA at or above {cutoffs.pneumonia_at_least:.3f}. At this level (97%)"), words
-    api = bundled_app.outcome(reading)
+    said = words.decision(bundled_app.classifier, reading)
+    assert said.startswith(f"### UNCERTAIN\nUncertain: needs a radiologist's read. P(PNEUMONIA) = {p:.3f} lies between "
+                           f"the model's two cut-offs: it answers NORMAL at or below {cutoffs.normal_at_most:.3f} and "
+                           f"PNEUMONIA at or above {cutoffs.pneumonia_at_least:.3f}. At this level (97%)"), said
+    api = words.outcome(bundled_app.classifier, reading)
     assert api["outcome"] == "uncertain" and api["decision"] is None and api["p_pneumonia"] == p
     assert api["level"] == 0.97 and api["uncertain_band"] == [cutoffs.normal_at_most, cutoffs.pneumonia_at_least]
     adult = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, Verdict("caution", "adult"), UNCERTAIN, cutoffs.level)
-    assert adult.outcome == "uncertain" and "adult's chest film" in bundled_app.decision(adult)
+    assert adult.outcome == "uncertain" and "adult's chest film" in words.decision(bundled_app.classifier, adult)
     answered = classifier._reading({"NORMAL": 0.02, "PNEUMONIA": 0.98}, Verdict(), PNEUMONIA, 0.95)
-    assert bundled_app.decision(answered).startswith(
+    assert words.decision(bundled_app.classifier, answered).startswith(
         f"### PNEUMONIA\nP(PNEUMONIA) = 0.980 is at or above the model's PNEUMONIA cut-off "
         f"{classifier.cutoffs(0.95).pneumonia_at_least:.3f}; the decision follows the cut-off, not the longer bar. "
         "At this level (95%) each side's answers were wrong at most 5% of the time")
-    assert bundled_app.outcome(answered)["decision"] == "PNEUMONIA" and bundled_app.outcome(answered)["level"] == 0.95
+    api = words.outcome(bundled_app.classifier, answered)
+    assert api["decision"] == "PNEUMONIA" and api["level"] == 0.95
 
 
 def test_the_bundled_cut_offs_follow_rule_7_and_hold_its_guarantee_on_shifted_validation():
@@ -169,7 +170,6 @@ def test_the_bundled_cut_offs_follow_rule_7_and_hold_its_guarantee_on_shifted_va
 
 def test_the_private_modes_word_templates_give_the_pages_words_for_every_outcome(bundled_app):
     """The browser fills words.json's templates with P; each must be the page's text for that reading."""
-    from pneumonia import words
     from pneumonia.ood import REASONS
 
     classifier = bundled_app.classifier
@@ -181,7 +181,7 @@ def test_the_private_modes_word_templates_give_the_pages_words_for_every_outcome
             reading = classifier._reading({"NORMAL": 1 - p, "PNEUMONIA": p}, verdict, int(cutoffs.sides([p])[0]), cutoffs.level)
             adult = "_adult" if reading.adult else ""
             template = (templates[f"uncertain{adult}"] if reading.uncertain else templates[f"answer{adult}"][reading.decision])
-            assert template.replace(templates["p_slot"], f"{p:.3f}") == bundled_app.decision(reading)
+            assert template.replace(templates["p_slot"], f"{p:.3f}") == words.decision(bundled_app.classifier, reading)
     for kind in REASONS:
         reading = classifier._reading({"NORMAL": 0.5, "PNEUMONIA": 0.5}, Verdict("refuse", kind), UNCERTAIN, cutoffs.level)
-        assert templates["refuse"][kind] == bundled_app.decision(reading)
+        assert templates["refuse"][kind] == words.decision(bundled_app.classifier, reading)

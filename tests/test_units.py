@@ -12,7 +12,7 @@ from PIL import Image
 
 import pneumonia
 from train.augment import Augment
-from pneumonia.preprocessing import UnreadableImage
+from pneumonia.image_files import UnreadableImage
 from train.config import TrainConfig, build_parser, parse_config
 from train.data import patient_id, split_by_patient
 from train.metrics import binary_metrics, choose_threshold, expected_calibration_error, fit_temperature

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumonia.presets import PRESETS, UsageError
-from pneumonia.preprocessing import INTENSITY_CHOICES
+from pneumonia.pixels import INTENSITY_CHOICES
 
 
 def _opt(default, help: str, choices: tuple | None = None):

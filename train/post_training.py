@@ -32,7 +32,7 @@ import pneumonia
 from pneumonia import folder_json
 from pneumonia.backends import ONNX_FILES, OnnxLogits
 from pneumonia.ood import OodGate
-from pneumonia.preprocessing import XrayPreprocessing
+from pneumonia.training_transform import XrayPreprocessing
 from pneumonia.torch_model import WithGateFeatures, gate_layers
 from train import data, sweep
 from train.augment import Augment

@@ -13,7 +13,7 @@ from train.metrics import binary_metrics, choose_threshold, fit_temperature
 
 
 @torch.no_grad()
-def predict(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gathered_logits(model, loader, accelerator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(logits, labels, dataset row indices) for every readable image, from all processes."""
     model.eval()
     parts = []

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from train.augment import Augment
 from pneumonia.presets import UsageError, create_model
-from pneumonia.preprocessing import XrayPreprocessing, data_config_of
+from pneumonia.training_transform import XrayPreprocessing, data_config_of
 from train import checkpoints, data, optim, tflite_weights
 from train.config import TrainConfig, parse_config
 from train.export.card import write_card
@@ -31,7 +31,7 @@ from train.export.folder import write_model_folder, write_predictions
 from train.evaluate.uncertain import write_answer_cutoffs
 from train.post_training import Clock, complete_folder
 from train.publish.hub import require_token
-from train.predict import choose_operating_point, epoch_metrics, gradcam_central_share, p_positive, predict
+from train.predict import choose_operating_point, epoch_metrics, gathered_logits, gradcam_central_share, p_positive
 from train.metrics import binary_metrics
 from pneumonia.gradcam import DESCRIPTION as HEATMAP
 from train.publish.model import publish
@@ -88,7 +88,7 @@ def train(config: TrainConfig) -> None:
         set_seed(config.seed + epoch)  # same order and augmentation whether resumed or not
         started = time.time()
         train_stats = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, accelerator, state, epoch, config)
-        val = epoch_metrics(*(predict(model, eval_loaders[name], accelerator)[:2] for name in VALIDATION_SPLITS))
+        val = epoch_metrics(*(gathered_logits(model, eval_loaders[name], accelerator)[:2] for name in VALIDATION_SPLITS))
         state.end_epoch(epoch, {**train_stats, **{f"val_{k}": v for k, v in val.items()}}, time.time() - started)
         if state.improved(val[config.select_metric], lower_is_better=config.select_metric == "loss"):
             checkpoints.save_best_weights(accelerator, model, output_dir, state)
@@ -160,9 +160,9 @@ def finish(model, eval_loaders, validation_images, splits, accelerator, output_d
         if config.weights_dtype == "float16":
             round_to_float16(accelerator.unwrap_model(model))  # evaluate the weights that will be shipped
         checkpoints.check_replicas_agree(accelerator, model)
-        outputs = {name: predict(model, eval_loaders[name], accelerator) for name in VALIDATION_SPLITS}
+        outputs = {name: gathered_logits(model, eval_loaders[name], accelerator) for name in VALIDATION_SPLITS}
         operating_point = choose_operating_point(outputs["validation"], outputs["shifted_validation"], config.threshold_rule)
-        outputs["test"] = predict(model, eval_loaders["test"], accelerator)  # the one look at test
+        outputs["test"] = gathered_logits(model, eval_loaders["test"], accelerator)  # the one look at test
     if not accelerator.is_main_process:
         return
     threshold, temperature = operating_point["threshold"], operating_point["temperature"]

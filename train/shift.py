@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from train.augment import adjust_brightness, adjust_contrast, apply_gamma
-from pneumonia.preprocessing import open_image
+from pneumonia.image_files import open_image
 
 # Strengths, each drawn from one of two intervals (below or above the training range).
 SHIFT_RANGES: dict[str, tuple[tuple[float, float], ...]] = {

@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import set_seed
 from torchvision import transforms as T
 
-from pneumonia.preprocessing import XrayPreprocessing, transform_steps
+from pneumonia.training_transform import XrayPreprocessing, transform_steps
 from train import data
 from train.augment import Augment
 

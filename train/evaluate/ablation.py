@@ -98,7 +98,7 @@ def _rebalanced_threshold(row: Row) -> float:
 
 def validation_films(folder: Path) -> dict[str, list]:
     """The run's validation films, clean and shifted, in predictions.csv's order."""
-    from pneumonia.preprocessing import open_image
+    from pneumonia.image_files import open_image
     from train.data import load_splits
     from train.shift import shifted_film
 

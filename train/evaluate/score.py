@@ -28,7 +28,7 @@ from pneumonia import folder_json
 from pneumonia.presets import LABEL_NAMES, UsageError
 from train.export.card import plot_confusion_matrix, plot_roc, write_card
 from train.data import XrayDataset, file_names, load_splits
-from train.predict import gradcam_central_share, p_positive, predict
+from train.predict import gathered_logits, gradcam_central_share, p_positive
 from train.export.folder import write_predictions
 from train.sweep import gate_features
 from train.metrics import binary_metrics, selective_metrics
@@ -150,7 +150,7 @@ def score(classifier: pneumonia.Classifier, rows: datasets.Dataset, name: str, o
     images = XrayDataset(rows, classifier.transform, tuple(classifier.data_config["input_size"]))
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers)
     model, loader = accelerator.prepare(classifier.model, loader)
-    logits, labels, index = predict(model, loader, accelerator)
+    logits, labels, index = gathered_logits(model, loader, accelerator)
     skipped = file_names(rows, sorted(set(range(len(rows))) - set(index.tolist())))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:20])}{' ...' if len(skipped) > 20 else ''}")

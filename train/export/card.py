@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from pneumonia.backends import ONNX_FILES  # noqa: E402
 from pneumonia.pixels import data_config_from  # noqa: E402
 from pneumonia.presets import LABEL_NAMES, PRESETS  # noqa: E402
-from pneumonia.preprocessing import XrayPreprocessing  # noqa: E402
+from pneumonia.training_transform import XrayPreprocessing  # noqa: E402
 from train.data import is_hub_id  # noqa: E402
 from train.export.folder import LICENSE, read_predictions  # noqa: E402
 from pneumonia.answering import levels_from_config  # noqa: E402

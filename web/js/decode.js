@@ -1,4 +1,4 @@
-// A picked file to pixels, in the browser, within a chest film's limits (pneumonia.preprocessing).
+// A picked file to pixels, in the browser, within a chest film's limits (pneumonia.image_files).
 // JPEG and 8-bit PNG are decoded by the browser itself, with no colour management, so that its
 // pixels are the ones Pillow reads; grey levels then follow Pillow's formula (pixels.greyFromRGBA).
 
@@ -7,7 +7,7 @@ import { greyFromRGBA } from "./pixels.js";
 
 export class UnreadableFilm extends Error {}
 
-// pneumonia.preprocessing's limits, checked from the file's header before any pixel is decoded.
+// pneumonia.image_files's limits, checked from the file's header before any pixel is decoded.
 const MIN_SIDE = 64, MAX_ASPECT_RATIO = 3.0, MAX_PIXELS = 64_000_000;
 const SERVER_MODE = "use the server mode (the first tab), which reads it";
 

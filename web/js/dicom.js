@@ -1,5 +1,5 @@
 // DICOM in the browser: parsed by dicom-parser (npm), then the server's steps
-// (pneumonia.preprocessing._read_dicom, i.e. pydicom's apply_modality_lut and apply_voi_lut, float32,
+// (pneumonia.image_files._read_dicom, i.e. pydicom's apply_modality_lut and apply_voi_lut, float32,
 // MONOCHROME1 inverted) and pneumonia.pixels.to_model_mode's stretch to 8 bits. The arithmetic
 // follows NumPy's types step by step, so the grey plane is the server's, bit for bit.
 

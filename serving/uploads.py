@@ -3,13 +3,15 @@
 Gradio hands every event of one upload the same temporary path, and several events read it
 (the validator and /predict, the film view beside them, /heatmap after the answer). A decoded
 film is kept by its path and its file's identity (size, modification time, inode), so a file
-replaced under the same name is read again, until newer uploads push it past the byte budget.
-Two events asking at once wait for one decode. A file that cannot be read keeps its message.
+replaced under the same name is read again, until it has gone unused for KEPT_SECONDS or newer
+uploads push it past the byte budget. Two events asking at once wait for one decode. A file that
+cannot be read keeps its message.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from pneumonia.image_files import ImageOutOfLimits, UnreadableImage, open_image
 
 # A 4300 x 4300 px DICOM decodes to 74 MB of float32 pixels; this keeps at least three of them.
 KEPT_BYTES = 256 * 2**20
+# One upload's steps (check, answer, heat map, film view) end within seconds, even queued behind 64 others.
+KEPT_SECONDS = 60.0
 NO_IMAGE = "No image received: upload a chest X-ray (PNG, JPEG or DICOM)."
 _BYTES_PER_BAND = {"F": 4, "I": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
@@ -29,13 +33,14 @@ class _Entry:
         self.lock = threading.Lock()  # held by the one decode; other readers of the file wait on it
         self.found: Image.Image | str | None = None  # the image, or the message of a file that cannot be read
         self.nbytes = 0
+        self.used = time.monotonic()
 
 
 class Uploads:
     """``open(path)``: the upload's image, decoded at most once while it is kept."""
 
-    def __init__(self, kept_bytes: int = KEPT_BYTES):
-        self.kept_bytes = kept_bytes
+    def __init__(self, kept_bytes: int = KEPT_BYTES, kept_seconds: float = KEPT_SECONDS):
+        self.kept_bytes, self.kept_seconds = kept_bytes, kept_seconds
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -57,6 +62,7 @@ class Uploads:
         key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
         with self._lock:
             entry = self._entries.setdefault(key, _Entry())
+            entry.used = time.monotonic()
             self._entries.move_to_end(key)
         with entry.lock:  # decoding a large film takes a while: only this file's readers wait
             if entry.found is None:
@@ -66,10 +72,11 @@ class Uploads:
         return entry.found
 
     def _forget_oldest(self, keep: tuple) -> None:
+        """Drops the least recently used films while over the budget, and any unused for too long."""
         with self._lock:
-            total = sum(entry.nbytes for entry in self._entries.values())
-            for key in list(self._entries):
-                if total <= self.kept_bytes:
+            total, now = sum(entry.nbytes for entry in self._entries.values()), time.monotonic()
+            for key, entry in list(self._entries.items()):  # least recently used first
+                if total <= self.kept_bytes and now - entry.used <= self.kept_seconds:
                     break
                 if key != keep:
                     total -= self._entries.pop(key).nbytes

@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import gradio as gr
@@ -251,6 +253,36 @@ def test_an_adults_film_gets_its_answer_under_a_caution_and_a_side_view_ct_or_mr
         assert bars[i] == app.REFUSED and heatmaps[i] is None
         assert outcomes[i]["outcome"] == "refuse" and outcomes[i]["kind"] == kind
         assert words[i].startswith(f"### NOT ASSESSED\nThis upload is not assessed: {pneumonia.ood.REASONS[kind]}")
+
+
+def test_a_kept_upload_is_read_again_when_its_file_changes_or_it_is_dropped(film, tmp_path, monkeypatch):
+    """A film kept from an earlier step is never answered for another: a file replaced under the
+    same name is decoded again; past the byte budget the oldest are dropped; two handlers asking
+    for one upload at once wait for one decode."""
+    decodes, decode = [], uploads.open_image
+
+    def slow_decode(path):
+        decodes.append(Path(path).name)
+        time.sleep(0.2)
+        return decode(path)
+
+    monkeypatch.setattr(uploads, "open_image", slow_decode)
+    a, b, c = (shutil.copy(film("NORMAL", i), tmp_path / f"{name}.jpeg") for i, name in enumerate("abc"))
+    kept = uploads.Uploads()
+    with ThreadPoolExecutor(2) as pool:
+        first, again = pool.map(kept.open, [str(a), str(a)])
+    assert first is again and decodes == ["a.jpeg"]
+    shutil.copy(film("PNEUMONIA", 0), a)  # another film under the same name
+    replaced = kept.open(str(a))
+    assert decodes == ["a.jpeg"] * 2 and np.asarray(replaced).tolist() != np.asarray(first).tolist()
+    kept.kept_bytes = 2 * replaced.width * replaced.height * len(replaced.getbands())  # two films
+    kept.open(str(b)), kept.open(str(c))
+    assert kept.open(str(c)) is kept.open(str(c)) and decodes == ["a.jpeg"] * 2 + ["b.jpeg", "c.jpeg"]
+    kept.open(str(a))  # the oldest, dropped for c
+    assert decodes[-1] == "a.jpeg" and len(decodes) == 5
+    kept.kept_seconds = 0.0  # b and c, unused since: dropped at the next decode
+    kept.open(str(b))
+    assert len(kept._entries) == 1 and decodes[-1] == "b.jpeg"
 
 
 def test_importing_the_app_loads_sets_and_patches_nothing():

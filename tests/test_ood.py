@@ -202,7 +202,8 @@ def test_an_onnx_file_without_gate_features_falls_back_to_pytorch_features(bundl
 
 
 def test_bundled_gate_passes_a_film_in_every_format_users_upload(bundled, film, write_dicom, tmp_path):
-    """The same film as the corpus of issue 9 sends it: every variant must still get an answer."""
+    """One film in every format and mode users upload (16-bit, RGBA, palette, CMYK, EXIF-rotated,
+    DICOM, ...): every variant must still get an answer."""
     big = Image.open(film("PNEUMONIA", 5)).convert("L").resize((1800, 1500), Image.BICUBIC)
     stored = np.asarray(big, dtype=np.uint16) * 16  # 12-bit
     Image.fromarray(np.asarray(big, dtype=np.uint16) * 257).save(tmp_path / "16bit.png")

@@ -22,7 +22,7 @@ from tests.conftest import BUNDLED_MODEL, ROOT, SCOPE, SERVED_BACKEND
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = ROOT / "test-artifacts"
-MAX_DP = 1e-6  # the bound on |P(PNEUMONIA) browser - P server| where the logits are identical
+MAX_DP = 1e-6  # the private mode's bound on |P(PNEUMONIA) browser - P server| where the logits are identical
 # ONNX Runtime Web's WebAssembly int8 kernels and the server's native ones round an intermediate
 # activation differently now and then, and the logits, which int8 rounds to steps of about 0.058,
 # then land one step apart: on 8 of 1035 films for the bundled 45-epoch model (none for the 30-epoch

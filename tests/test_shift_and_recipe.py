@@ -8,8 +8,8 @@ from PIL import Image
 
 import pneumonia
 from train.augment import CROP_RATIO, CROP_SCALE, TRAIN_RANGES, Augment, EdgeErasing, apply_gamma
-from pneumonia.training_transform import XrayPreprocessing
 from pneumonia.pixels import crop_borders, standardise_intensity
+from pneumonia.training_transform import XrayPreprocessing
 from train.metrics import choose_threshold
 from train.shift import CROP_SHARE, SHIFT_RANGES, shifted_film
 

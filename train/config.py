@@ -9,8 +9,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pneumonia.presets import PRESETS, UsageError
 from pneumonia.pixels import INTENSITY_CHOICES
+from pneumonia.presets import PRESETS, UsageError
 
 
 def _opt(default, help: str, choices: tuple | None = None):

@@ -16,8 +16,8 @@ from sklearn.model_selection import train_test_split
 
 from pneumonia.presets import LABEL_NAMES, UsageError
 from train.augment import Augment
-from pneumonia.ood import image_check
 from pneumonia.image_files import UnreadableImage, open_image
+from pneumonia.ood import image_check
 from pneumonia.training_transform import XrayPreprocessing, build_transform
 from train.shift import shifted_film
 

@@ -32,8 +32,8 @@ import pneumonia
 from pneumonia import folder_json
 from pneumonia.backends import ONNX_FILES, OnnxLogits
 from pneumonia.ood import OodGate
-from pneumonia.training_transform import XrayPreprocessing
 from pneumonia.torch_model import WithGateFeatures, gate_layers
+from pneumonia.training_transform import XrayPreprocessing
 from train import data, sweep
 from train.augment import Augment
 from train.export.onnx import (CALIBRATION_IMAGES, PARITY_BAR, export_fp32, parity, parity_summary,

@@ -22,8 +22,8 @@ import torch
 import pneumonia
 from pneumonia import folder_json
 from pneumonia.gradcam import central_share, grad_cam, overlay
-from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL
 from pneumonia.image_files import open_image
+from pneumonia.labels import LABEL_NAMES, POSITIVE_LABEL
 from train.config import split_seed_of
 from train.data import load_splits
 

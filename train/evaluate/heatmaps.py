@@ -51,7 +51,7 @@ def library_method(name: str, stages: tuple[int, ...], decided: bool = False):
 
 APP_METHOD = "LayerCAM, stages -3 to -1 (pneumonia.gradcam)"  # pneumonia.gradcam's defaults: what the app draws
 METHODS = {
-    "Grad-CAM, last stage (the app until now)": lambda model, pixels: grad_cam(model, pixels, method="gradcam", stages=(-1,))[1],
+    "Grad-CAM, last stage (the app before LayerCAM)": lambda model, pixels: grad_cam(model, pixels, method="gradcam", stages=(-1,))[1],
     APP_METHOD: lambda model, pixels: grad_cam(model, pixels)[1],
     "GradCAM, last stage (library)": library_method("GradCAM", (-1,)),
     "GradCAM, stage -2": library_method("GradCAM", (-2,)),
@@ -67,8 +67,8 @@ METHODS = {
 }
 
 
-# The sheet shows the map the app drew until now, the app's map now, and the best-scoring alternative.
-SHEET = ("Grad-CAM, last stage (the app until now)", APP_METHOD, "HiResCAM, stage -2")
+# The sheet shows the map the app drew before LayerCAM, the app's map, and the best-scoring alternative.
+SHEET = ("Grad-CAM, last stage (the app before LayerCAM)", APP_METHOD, "HiResCAM, stage -2")
 
 
 def validation_films(folder: str, limit: int) -> tuple[list, np.ndarray]:

@@ -25,7 +25,6 @@ KEPT_BYTES = 128 * 2**20
 # One upload's steps (check, answer, heat map, film view) end within seconds, even queued behind 64 others.
 KEPT_SECONDS = 30.0
 NO_IMAGE = "No image received: upload a chest X-ray (PNG, JPEG or DICOM)."
-_BYTES_PER_BAND = {"F": 4, "I": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
 class _Entry:
@@ -98,4 +97,6 @@ def _unreadable(path: str) -> str:
 def _nbytes(found: Image.Image | str) -> int:
     if isinstance(found, str):
         return len(found)
-    return found.width * found.height * len(found.getbands()) * _BYTES_PER_BAND.get(found.mode, 1)
+    # PIL holds 1, P and L in a byte a pixel, 16-bit grey in two, every other mode (RGB included) in four
+    per_pixel = 1 if found.mode in ("1", "L", "P") else 2 if found.mode.startswith("I;16") else 4
+    return found.width * found.height * per_pixel
